@@ -1,0 +1,36 @@
+"""Where the YAML lives, and the quantities derived from a composed config.
+
+The YAML is in the repository's top-level `configs/`; an installed wheel carries the same files
+as `bnrepro/configs/`. `CONFIG_DIR` is whichever exists, so Hydra apps work both ways.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+_PKG = Path(__file__).resolve().parent
+CONFIG_DIR = str(_PKG / "configs" if (_PKG / "configs").is_dir() else _PKG.parent / "configs")
+
+
+def compose(config_name: str = "train", overrides: list[str] | None = None) -> DictConfig:
+    """The config a Hydra app would get, for tests and notebooks (no run folder is made)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return hydra_compose(config_name, overrides=overrides or [], return_hydra_config=False)
+
+
+def effective_lr(lr: float, global_batch: int, reference_batch: int = 32) -> float:
+    """The paper's LR belongs to a batch of 32; scale it linearly with the global batch
+    (Goyal et al. 2017; paper.md section 3)."""
+    return lr * global_batch / reference_batch
+
+
+def model_kwargs(model_cfg: DictConfig, num_classes: int, in_chans: int) -> dict:
+    """Keyword arguments for timm.create_model(model_cfg.name, **kwargs): every key of the model
+    config except those that are not the network's own (name, sync_bn)."""
+    kwargs = {k: v for k, v in model_cfg.items() if k not in ("name", "sync_bn")}
+    return dict(kwargs, num_classes=num_classes, in_chans=in_chans)
