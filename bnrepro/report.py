@@ -1,0 +1,276 @@
+"""Figures 2-4 of the paper from training runs: curves, the steps-to-accuracy table, the ensemble table.
+
+    bnrepro-report outputs/multirun/2026-11-24_12-00-00 --out results/proxy
+    bnrepro-report outputs/inception_seed0 outputs/bn_x30_seed0 --out report/
+    bnrepro-report --wandb my-entity/bnrepro --out report/      # needs `wandb login`
+
+Reads each run folder's metrics.jsonl (written by bnrepro-train) and its config; a multirun folder
+(or any folder) is searched for run folders below it. Writes figure2.png, figure3.md/.json and,
+where ensemble results are found, figure4.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+import pandas as pd
+import yaml
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+# paper.md section 4, Figure 3: paper steps to reach Inception's 72.2%, and max accuracy.
+PAPER_FIGURE3 = {
+    "inception": (31.0e6, 0.722),
+    "bn_baseline": (13.3e6, 0.727),
+    "bn_x5": (2.1e6, 0.730),
+    "bn_x30": (2.7e6, 0.748),
+    "bn_x5_sigmoid": (None, 0.698),
+}
+# paper.md section 4, Figure 4 (top-1 error, top-5 error; None = not given).
+PAPER_FIGURE4 = {
+    (1, 1): (0.252, 0.0782),
+    (144, 1): (0.2199, 0.0582),
+    (144, 6): (0.201, 0.049),
+}
+ORDER = ["inception", "bn_baseline", "bn_x5", "bn_x30", "bn_x5_sigmoid", "inception_sigmoid"]
+
+
+def _run_config(run_dir: Path) -> dict:
+    for name in ("config.yaml", ".hydra/config.yaml"):
+        if (run_dir / name).is_file():
+            return yaml.safe_load((run_dir / name).read_text())
+    if (run_dir / "summary.json").is_file():
+        return json.loads((run_dir / "summary.json").read_text())
+    raise FileNotFoundError(f"{run_dir}: no config.yaml, .hydra/config.yaml or summary.json")
+
+
+def find_runs(paths: list[str | Path]) -> list[Path]:
+    """Run folders (those holding metrics.jsonl) at or below each path."""
+    runs = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist")
+        found = [path] if (path / "metrics.jsonl").is_file() else []
+        found = found or sorted(p.parent for p in path.rglob("metrics.jsonl"))
+        if not found:
+            raise FileNotFoundError(
+                f"no metrics.jsonl at or below {path}: is it a bnrepro-train run folder?"
+            )
+        runs += found
+    return runs
+
+
+def load_runs(paths: list[str | Path]) -> pd.DataFrame:
+    """One row per logged line of every run, with its run folder, experiment and seed."""
+    frames = []
+    for run_dir in find_runs(paths):
+        cfg = _run_config(run_dir)
+        df = pd.read_json(run_dir / "metrics.jsonl", lines=True)
+        df["run"] = str(run_dir)
+        df["experiment"] = cfg.get("experiment_name", run_dir.name)
+        df["seed"] = cfg.get("seed", 0)
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+def load_wandb(path: str) -> pd.DataFrame:
+    """The same frame from W&B: `entity/project` (all runs) or `entity/project/group`."""
+    import wandb
+
+    parts = path.split("/")
+    project, group = "/".join(parts[:2]), (parts[2] if len(parts) > 2 else None)
+    try:
+        api = wandb.Api()
+        runs = api.runs(project, filters={"group": group} if group else None)
+        frames = []
+        for run in runs:
+            df = pd.DataFrame(list(run.scan_history()))
+            df["run"], df["experiment"] = run.id, run.group
+            df["seed"] = run.config.get("seed", 0)
+            frames.append(df)
+    except Exception as err:  # no login, no network, unknown project: say which and how to fix
+        raise SystemExit(
+            f"cannot read W&B project {path!r}: {err}\n(run `wandb login` first)"
+        ) from err
+    if not frames:
+        raise SystemExit(f"W&B project {path!r} has no runs")
+    return pd.concat(frames, ignore_index=True)
+
+
+def val_curves(df: pd.DataFrame) -> pd.DataFrame:
+    """Validation top-1 per (experiment, seed, paper_steps)."""
+    if "val/top1" not in df:
+        raise ValueError("no val/top1 in the metrics: did the runs reach their first evaluation?")
+    val = df.dropna(subset=["val/top1"])
+    return val[["experiment", "seed", "run", "paper_steps", "val/top1"]].sort_values("paper_steps")
+
+
+def steps_to(curve: pd.DataFrame, target: float) -> float | None:
+    """First paper_steps at which val/top1 >= target (None if never)."""
+    hit = curve[curve["val/top1"] >= target - 1e-12]
+    return float(hit["paper_steps"].iloc[0]) if len(hit) else None
+
+
+def figure3_table(curves: pd.DataFrame, reference: str = "inception") -> dict:
+    """Figure 3: per experiment, paper steps to reach `reference`'s best accuracy, and max accuracy.
+
+    With several seeds, steps and max are taken from the seed-mean curve.
+    """
+    mean = curves.groupby(["experiment", "paper_steps"], as_index=False)["val/top1"].mean()
+    if reference not in set(mean["experiment"]):
+        raise ValueError(f"no {reference!r} run among {sorted(set(mean['experiment']))}")
+    target = float(mean[mean["experiment"] == reference]["val/top1"].max())
+    rows = {}
+    for name, curve in mean.groupby("experiment"):
+        paper_steps, paper_max = PAPER_FIGURE3.get(name, (None, None))
+        rows[name] = {
+            "steps_to_target": steps_to(curve, target),
+            "max_top1": float(curve["val/top1"].max()),
+            "paper_steps_to_72.2": paper_steps,
+            "paper_max_top1": paper_max,
+            "seeds": int(curves[curves["experiment"] == name]["seed"].nunique()),
+        }
+    return {"target_top1": target, "reference": reference, "rows": _ordered(rows)}
+
+
+def _ordered(rows: dict) -> dict:
+    rank = {name: i for i, name in enumerate(ORDER)}
+    return dict(sorted(rows.items(), key=lambda kv: (rank.get(kv[0], len(ORDER)), kv[0])))
+
+
+def _fmt_steps(x: float | None) -> str:
+    return "never" if x is None else f"{x:.3g}"
+
+
+def _fmt_pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def figure3_markdown(table: dict) -> str:
+    lines = [
+        f"Target: the best val top-1 of `{table['reference']}` = {_fmt_pct(table['target_top1'])} "
+        "(the paper's target is Inception's 72.2%).",
+        "",
+        "| model | steps to target (ours) | max top-1 (ours) | seeds | steps to 72.2% (paper) | max top-1 (paper) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in table["rows"].items():
+        paper_steps = "never" if name == "bn_x5_sigmoid" else _fmt_steps(r["paper_steps_to_72.2"])
+        if r["paper_max_top1"] is None:
+            paper_steps = "-"
+        lines.append(
+            f"| {name} | {_fmt_steps(r['steps_to_target'])} | {_fmt_pct(r['max_top1'])} | {r['seeds']} "
+            f"| {paper_steps} | {_fmt_pct(r['paper_max_top1'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_figure2(curves: pd.DataFrame, out: Path, title: str = "") -> None:
+    """Figure 2: val top-1 vs paper steps (seed mean, min-max band), beside the paper's Figure 3 points."""
+    fig, (ax, ax_paper) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [3, 2]})
+    names = list(_ordered({n: None for n in curves["experiment"].unique()}))
+    for name in names:
+        c = curves[curves["experiment"] == name]
+        stats = c.groupby("paper_steps")["val/top1"].agg(["mean", "min", "max"])
+        seeds = c["seed"].nunique()
+        (line,) = ax.plot(
+            stats.index, stats["mean"], label=f"{name} ({seeds} seed{'s' * (seeds > 1)})"
+        )
+        if seeds > 1:
+            ax.fill_between(
+                stats.index, stats["min"], stats["max"], alpha=0.2, color=line.get_color()
+            )
+    ax.set_xlabel("training steps (paper steps = images seen / 32)")
+    ax.set_ylabel("validation accuracy (top-1, single crop)")
+    ax.set_title(title or "Ours: validation accuracy vs training steps (Figure 2)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+    for name, (steps, top1) in PAPER_FIGURE3.items():
+        x = steps if steps is not None else 31e6
+        ax_paper.scatter([x], [top1], marker="o" if steps else "x", s=50, label=name)
+        ax_paper.annotate(name, (x, top1), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax_paper.axhline(0.722, ls="--", c="gray", lw=1)
+    ax_paper.set_xscale("log")
+    ax_paper.set_xlabel("paper steps to reach 72.2% (x = never, placed at 31e6)")
+    ax_paper.set_ylabel("max validation accuracy (paper)")
+    ax_paper.set_title("The paper's Figure 3 (ImageNet)")
+    ax_paper.grid(alpha=0.3)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def figure4_markdown(results: list[dict]) -> str:
+    """Figure 4 from bnrepro-ensemble results.json files: our errors beside the paper's."""
+    lines = [
+        "| model | resolution | crops | models | top-1 error | top-5 error | paper top-1 | paper top-5 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        paper = PAPER_FIGURE4.get((r["crops"], r["models"]), (None, None))
+        lines.append(
+            f"| {r['model']} | {r['resolution']} | {r['crops']} | {r['models']} "
+            f"| {_fmt_pct(r['top1_error'])} | {_fmt_pct(r['top5_error'])} "
+            f"| {_fmt_pct(paper[0])} | {_fmt_pct(paper[1])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _ensemble_rows(paths: list[str]) -> list[dict]:
+    rows = []
+    for path in map(Path, paths):
+        for f in [path] if path.is_file() else sorted(path.rglob("results.json")):
+            data = json.loads(f.read_text())
+            rows += data.get("rows", []) if isinstance(data, dict) else []
+    return rows
+
+
+def build_report(df: pd.DataFrame, out: Path, ensemble: list[str] = (), title: str = "") -> dict:
+    """Write figure2.png, figure3.md/.json (and figure4.md) under `out`; return the Figure 3 table."""
+    out.mkdir(parents=True, exist_ok=True)
+    curves = val_curves(df)
+    plot_figure2(curves, out / "figure2.png", title)
+    names = set(curves["experiment"])
+    reference = "inception" if "inception" in names else sorted(names)[0]
+    table = figure3_table(curves, reference)
+    (out / "figure3.json").write_text(json.dumps(table, indent=2))
+    (out / "figure3.md").write_text(figure3_markdown(table))
+    rows = _ensemble_rows(list(ensemble))
+    if rows:
+        (out / "figure4.md").write_text(figure4_markdown(rows))
+    return table
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "runs", nargs="*", help="run folders or folders holding run folders (multirun)"
+    )
+    parser.add_argument("--wandb", help="read runs from W&B instead: entity/project[/group]")
+    parser.add_argument(
+        "--ensemble", nargs="*", default=[], help="bnrepro-ensemble results.json files or folders"
+    )
+    parser.add_argument("--out", default="report", help="output folder (default: report/)")
+    parser.add_argument("--title", default="", help="title of the Figure 2 panel")
+    args = parser.parse_args(argv)
+    if not args.runs and not args.wandb:
+        parser.error("give run folders, or --wandb entity/project[/group]")
+    try:
+        df = load_wandb(args.wandb) if args.wandb else load_runs(args.runs)
+        table = build_report(df, Path(args.out), args.ensemble, args.title)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"bnrepro-report: {err}") from err
+    print(figure3_markdown(table))
+    print(f"wrote {args.out}/figure2.png, figure3.md, figure3.json")
+
+
+if __name__ == "__main__":
+    main()

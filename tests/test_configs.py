@@ -1,0 +1,105 @@
+"""Every experiment composes and carries paper.md's values (section 3 table, section 4.2.1 list)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bnrepro.config import CONFIG_DIR, compose, effective_lr
+
+EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+PAPER_LR = {  # section 4.2 / 4.2.2
+    "inception": 0.0015,
+    "inception_sigmoid": 0.0015,
+    "bn_baseline": 0.0015,
+    "bn_x5": 0.0075,
+    "bn_x30": 0.045,
+    "bn_x5_sigmoid": 0.0075,
+    "bn_x30_ensemble": 0.045,
+}
+INCEPTION_LIKE = {"inception", "inception_sigmoid", "bn_baseline"}  # no section 4.2.1 change
+
+
+def test_the_seven_experiments_exist():
+    assert set(EXPERIMENTS) == set(PAPER_LR)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_values_match_the_paper(name):
+    cfg = compose("train", [f"experiment={name}"])
+    assert cfg.experiment_name == name
+    assert cfg.optim.lr == PAPER_LR[name]
+    assert cfg.optim.momentum == 0.9
+    assert cfg.model.batch_norm == (name not in {"inception", "inception_sigmoid"})
+    assert cfg.model.activation == ("sigmoid" if "sigmoid" in name else "relu")
+    if name in INCEPTION_LIKE:  # section 4.2.2: BN-Baseline is Inception plus BN, nothing else
+        assert cfg.model.lrn is True and cfg.model.dropout == 0.4
+        assert cfg.optim.weight_decay == 2e-4
+        assert (cfg.optim.decay_rate, cfg.optim.decay_epochs) == (0.96, 8.0)
+        assert cfg.data.shuffle == "shards" and cfg.data.augment.color_strength == 1.0
+    else:  # section 4.2.1's changes
+        assert cfg.model.lrn is False
+        assert cfg.model.dropout == (0.05 if name == "bn_x30_ensemble" else 0.0)
+        assert cfg.optim.weight_decay == pytest.approx(2e-4 / 5)
+        assert (cfg.optim.decay_rate, cfg.optim.decay_epochs) == (0.94, 2.0)
+        assert cfg.data.shuffle == "full" and cfg.data.augment.color_strength < 1.0
+
+
+def test_ensemble_member_changes():
+    cfg = compose("train", ["experiment=bn_x30_ensemble", "seed=3", "model.dropout=0.1"])
+    assert cfg.model.head_bn and cfg.model.init_gain > 1.0
+    assert (cfg.seed, cfg.model.dropout, cfg.run_name) == (3, 0.1, "bn_x30_ensemble_seed3")
+
+
+def test_bn_baseline_is_inception_plus_bn_only():
+    inc = compose("train", ["experiment=inception"])
+    bn = compose("train", ["experiment=bn_baseline"])
+    inc.model.batch_norm = True
+    inc.experiment_name = bn.experiment_name = "x"
+    assert inc == bn
+
+
+def test_public_keys_exist():
+    cfg = compose("train")
+    for key in ("lr", "momentum", "weight_decay"):
+        assert key in cfg.optim
+    for key in ("batch_norm", "activation", "lrn", "dropout"):
+        assert key in cfg.model
+
+
+def test_effective_lr_scales_linearly():
+    assert effective_lr(0.045, 32) == pytest.approx(0.045)
+    assert effective_lr(0.045, 256) == pytest.approx(0.36)
+
+
+def test_imagenet_data_is_paper_scale():
+    cfg = compose("train", ["data=imagenet", "data.root=/datasets/imagenet"])
+    assert cfg.model.width_mult == 1.0 and cfg.data.train_crop == 224
+    assert (cfg.data.eval_resize, cfg.data.eval_crop) == (256, 224)
+    assert cfg.data.batch_size == 32 and cfg.data.num_classes == 1000
+
+
+def _train_cli(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-c", "from bnrepro.train import main; main()", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_prints_composed_config():
+    out = _train_cli("experiment=bn_x30", "--cfg", "job")
+    assert out.returncode == 0, out.stderr
+    assert "experiment_name: bn_x30" in out.stdout and "lr: 0.045" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("experiment=bn_x31", "Could not find 'experiment/bn_x31'"),
+        ("optim.lrr=0.1", "Could not override 'optim.lrr'"),
+    ],
+)
+def test_cli_bad_overrides_fail_with_hydras_message(override, message):
+    out = _train_cli(override, "--cfg", "job")
+    assert out.returncode != 0
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
