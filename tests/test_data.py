@@ -1,0 +1,390 @@
+"""The data pipeline (issue 3): layouts, bad files, augmentation, sampling, determinism."""
+
+import hashlib
+import io
+import shutil
+import tarfile
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from conftest import WNIDS, write_jpeg
+from PIL import Image
+
+from bnrepro import data as D
+from bnrepro import transforms as T
+from bnrepro.config import compose
+
+
+def data_cfg(root, *extra):
+    """The real ImageNet data config, shrunk to the tiny trees."""
+    overrides = [
+        "data=imagenet", f"data.root={root}", "data.num_classes=3", "data.batch_size=4",
+        "data.num_workers=0", "data.train_crop=32", "data.eval_resize=36", "data.eval_crop=32",
+        *extra,
+    ]  # fmt: skip
+    return compose("train", overrides).data
+
+
+def labels_by_name(ds) -> dict[str, int]:
+    return {
+        f.decode().rsplit("/", 1)[-1]: int(y)
+        for f, y in zip(ds.split.files, ds.split.labels, strict=True)
+    }
+
+
+# ---------------------------------------------------------------- layouts
+
+
+def flat_val(root, devkit_ids: dict[str, int] | None = None) -> dict[str, str]:
+    """Move val/<wnid>/* to a flat val/ILSVRC2012_val_<n>.JPEG; returns name -> wnid. With
+    devkit_ids (wnid -> ILSVRC2012_ID) write a devkit, else Kaggle's CSV."""
+    truth = {}
+    for n, path in enumerate(sorted((root / "val").glob("*/*.JPEG")), start=1):
+        name = f"ILSVRC2012_val_{n:08d}"
+        truth[name] = path.parent.name
+        path.rename(root / "val" / f"{name}.JPEG")
+    for d in (root / "val").iterdir():
+        if d.is_dir():
+            d.rmdir()
+    if devkit_ids is None:
+        rows = [f"{name},{wnid} 1 2 30 40" for name, wnid in truth.items()]
+        (root / D.KAGGLE_CSV).write_text("ImageId,PredictionString\n" + "\n".join(rows) + "\n")
+    else:
+        write_devkit(root / D.DEVKIT, devkit_ids, [devkit_ids[w] for w in truth.values()])
+    return truth
+
+
+def write_devkit(devkit, ids: dict[str, int], truth: list[int]) -> None:
+    """ILSVRC2012_devkit_t12/data/{meta.mat, ILSVRC2012_validation_ground_truth.txt} as the real
+    devkit: a struct array `synsets` whose leaves (num_children 0) are the classes, plus a parent."""
+    import scipy.io
+
+    fields = ["ILSVRC2012_ID", "WNID", "words", "gloss", "num_children", "children",
+              "wordnet_height", "num_train_images"]  # fmt: skip
+    rows = [(i, w, f"thing {i}, object", "a gloss", 0, np.zeros(0), 0, 8) for w, i in ids.items()]
+    rows.append((len(ids) + 1, "n00000009", "parent", "a gloss", len(ids), np.arange(1, 4), 1, 0))
+    synsets = np.array(rows, dtype=[(f, object) for f in fields])
+    (devkit / "data").mkdir(parents=True)
+    scipy.io.savemat(devkit / "data" / "meta.mat", {"synsets": synsets})
+    (devkit / "data" / "ILSVRC2012_validation_ground_truth.txt").write_text(
+        "\n".join(map(str, truth)) + "\n"
+    )
+
+
+# Devkit ids in an order that is not sorted-wnid order (the real devkit's is not either).
+DEVKIT_IDS = {"n03000003": 1, "n01000002": 2, "n02000001": 3}
+
+
+def test_layouts_give_every_image_the_same_label(image_folder_tree, tmp_path, monkeypatch):
+    root, classes = image_folder_tree
+    train, val, got_classes = D.find_imagenet(root)
+    assert got_classes == classes == sorted(WNIDS)
+    for split in (train, val):  # ImageFolder: label = sorted position of the folder's wnid
+        for f, y in zip(split.files, split.labels, strict=True):
+            assert classes[y] == f.decode().split("/")[-2]
+    expected_train = labels_by_name(D.ImageFiles(train, T.EvalTransform(36, 32)))
+
+    # 2a. Flat val + Kaggle CSV; 2b. flat val + devkit with non-sorted ids.
+    for devkit in (None, DEVKIT_IDS):
+        copy = tmp_path / f"flat_{devkit is None}"
+        shutil.copytree(root, copy)
+        truth = flat_val(copy, devkit)
+        tr, va, cl = D.find_imagenet(copy)
+        assert cl == classes
+        assert labels_by_name(D.ImageFiles(tr, T.EvalTransform(36, 32))) == expected_train
+        for f, y in zip(va.files, va.labels, strict=True):
+            assert classes[y] == truth[f.decode().split("/")[-1][:-5]]
+
+    # 3. The original tars, unpacked by torchvision.datasets.ImageNet.
+    tars = tmp_path / "tars"
+    tars.mkdir()
+    truth = flat_val(shutil.copytree(root, tmp_path / "staging"), DEVKIT_IDS)
+    staging = tmp_path / "staging"
+    with tarfile.open(tars / "ILSVRC2012_img_train.tar", "w") as outer:
+        for wnid in WNIDS:
+            inner = staging / f"{wnid}.tar"
+            with tarfile.open(inner, "w") as t:
+                for f in sorted((staging / "train" / wnid).iterdir()):
+                    t.add(f, arcname=f.name)
+            outer.add(inner, arcname=inner.name)
+    with tarfile.open(tars / "ILSVRC2012_img_val.tar", "w") as t:
+        for f in sorted((staging / "val").iterdir()):
+            t.add(f, arcname=f.name)
+    with tarfile.open(tars / "ILSVRC2012_devkit_t12.tar.gz", "w:gz") as t:
+        t.add(staging / D.DEVKIT, arcname=D.DEVKIT)
+    import torchvision.datasets.imagenet as tv
+
+    md5 = {
+        k: hashlib.md5((tars / name).read_bytes()).hexdigest()
+        for k, (name, _) in tv.ARCHIVE_META.items()
+    }
+    monkeypatch.setattr(
+        tv, "ARCHIVE_META", {k: (n, md5[k]) for k, (n, _) in tv.ARCHIVE_META.items()}
+    )
+    for _ in range(2):  # unpacks once; the second time it reads the unpacked folders (layout 1)
+        tr, va, cl = D.find_imagenet(tars)
+        assert cl == classes
+        assert labels_by_name(D.ImageFiles(tr, T.EvalTransform(36, 32))) == expected_train
+        for f, y in zip(va.files, va.labels, strict=True):
+            assert classes[y] == truth[f.decode().split("/")[-1][:-5]]
+
+
+def test_kaggle_nesting_is_found(image_folder_tree, tmp_path):
+    root, classes = image_folder_tree
+    truth = flat_val(root)
+    nested = tmp_path / "kaggle" / "ILSVRC" / "Data" / "CLS-LOC"
+    nested.parent.mkdir(parents=True)
+    (root / D.KAGGLE_CSV).rename(tmp_path / "kaggle" / D.KAGGLE_CSV)
+    root.rename(nested)
+    tr, va, cl = D.find_imagenet(tmp_path / "kaggle")
+    assert cl == classes and len(tr.files) == 24
+    for f, y in zip(va.files, va.labels, strict=True):
+        assert classes[y] == truth[f.decode().split("/")[-1][:-5]]
+
+
+def test_missing_pieces_are_named(image_folder_tree):
+    root, _ = image_folder_tree
+    empty = root / "train" / "n09999999"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="n09999999"):
+        D.find_imagenet(root)
+    empty.rmdir()
+    shutil.rmtree(root / "val")
+    (root / "val").mkdir()
+    write_jpeg(root / "val" / "ILSVRC2012_val_00000001.JPEG", (40, 40), 0)
+    with pytest.raises(FileNotFoundError, match="LOC_val_solution.csv"):
+        D.find_imagenet(root)
+    shutil.rmtree(root / "train")
+    with pytest.raises(FileNotFoundError, match="no train/ folder"):
+        D.find_imagenet(root)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        D.build_datasets(data_cfg(root.parent / "nowhere"))
+
+
+def test_num_classes_must_match(image_folder_tree):
+    root, _ = image_folder_tree
+    with pytest.raises(ValueError, match="set data.num_classes=3"):
+        D.build_datasets(data_cfg(root, "data.num_classes=1000"))
+
+
+# ---------------------------------------------------------------- bad files
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_bad_files_are_skipped_counted_and_warned_once(image_folder_tree, workers):
+    root, _ = image_folder_tree
+    good = (root / "train" / WNIDS[0] / f"{WNIDS[0]}_0.JPEG").read_bytes()
+    bad = {
+        "corrupt.JPEG": bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8)),
+        "truncated.JPEG": good[: len(good) // 2],
+        "notes.JPEG": b"not an image at all\n",
+    }
+    for name, content in bad.items():
+        (root / "train" / WNIDS[1] / name).write_bytes(content)
+    cfg = data_cfg(root, f"data.num_workers={workers}")
+    train_ds, _, _ = D.build_datasets(cfg)
+    loader = D.build_train_loader(cfg, train_ds, seed=0, rank=0, world_size=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for epoch in range(2):  # the second epoch must not warn again
+            loader.sampler.set_epoch(epoch)
+            batches = [x for x, _ in loader]
+    assert len(batches) == len(train_ds) // 4 and all(b.shape == (4, 3, 32, 32) for b in batches)
+    assert D.skipped_files(train_ds) == 3  # counted across worker processes
+    if workers == 0:  # a worker's warnings go to its own stderr, out of this process's reach
+        text = "\n".join(str(w.message) for w in caught)
+        assert all(text.count(name) == 1 for name in bad), text
+
+
+# ---------------------------------------------------------------- augmentation
+
+
+def jpeg(size, mode="RGB", fmt="JPEG") -> bytes:
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, (size[1], size[0], 4 if mode == "CMYK" else 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr[..., :3]).convert(mode).save(buf, fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        jpeg((400, 350)),
+        jpeg((20, 30)),
+        jpeg((90, 60), "L"),
+        jpeg((90, 60), "CMYK"),
+        jpeg((70, 50), fmt="PNG"),
+    ],
+    ids=["imagenet-sized", "smaller-than-crop", "grey", "cmyk", "png"],
+)
+def test_transforms_give_uint8_rgb_of_the_crop_size(data):
+    out = T.TrainTransform(48, T.Augment())(data, np.random.default_rng(1))
+    assert out.shape == (3, 48, 48) and out.dtype == torch.uint8 and out.is_contiguous()
+    assert 0 < out.float().std() and out.max() <= 255
+    out = T.EvalTransform(56, 48)(data)
+    assert out.shape == (3, 48, 48) and out.dtype == torch.uint8
+
+
+def test_decode_uses_the_smallest_dct_scale_that_covers_the_crop():
+    data = jpeg((400, 320))
+    assert T.decode(data).shape == (320, 400, 3)
+    assert T.decode(data, 100, 80).shape == (80, 100, 3)  # 1/4
+    assert T.decode(data, 101, 10).shape == (160, 200, 3)  # 1/2: 1/4 would be too small
+
+
+def test_random_crop_respects_area_and_aspect():
+    aug = T.Augment()
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        x0, y0, x1, y1 = T.sample_crop(400, 350, aug, rng)
+        w, h = x1 - x0, y1 - y0
+        assert 0 <= x0 < x1 <= 400 and 0 <= y0 < y1 <= 350
+        assert 0.07 < w * h / (400 * 350) <= 1.0 and 0.7 < w / h < 1.4
+
+
+def test_colour_distortion():
+    grey = torch.full((3, 8, 8), 100, dtype=torch.uint8)
+    assert torch.equal(T.apply_color(grey, ()), grey)
+    assert T.apply_color(grey, (("brightness", 20.0),)).eq(120).all()
+    assert T.apply_color(grey, (("contrast", 1.5), ("saturation", 0.2), ("hue", 0.3))).eq(100).all()
+    img = torch.tensor([200, 50, 50], dtype=torch.uint8).view(3, 1, 1).expand(3, 4, 4)
+    assert T.apply_color(img, (("saturation", 0.0),)).unique().numel() == 1  # grey
+    assert T.Augment(color_strength=0).color_strength == 0
+    assert T.sample_color(T.Augment(color_strength=0), np.random.default_rng(0)) == ()
+    with pytest.raises(ValueError, match="min_area"):
+        T.Augment(min_area=0.5, max_area=0.1)
+
+
+def test_eval_is_a_centre_crop_of_the_shorter_side_resize():
+    assert T.eval_box(512, 256, 256, 224) == (144, 16, 368, 240)  # (512 - 224) / 2 = 144
+    assert T.eval_box(600, 300, 256, 224) == (169, 19, 431, 281)  # 224 px of 256 = 262.5 of 300
+
+
+# ---------------------------------------------------------------- sampling and determinism
+
+
+def epoch_batches(cfg, ds, epoch, start_batch=0, seed=0, rank=0, world_size=1):
+    loader = D.build_train_loader(cfg, ds, seed=seed, rank=rank, world_size=world_size)
+    loader.sampler.set_epoch(epoch, start_batch)
+    return [(x, y) for x, y in loader]
+
+
+def same(a, b) -> bool:
+    return len(a) == len(b) and all(
+        torch.equal(x, u) and torch.equal(y, v) for (x, y), (u, v) in zip(a, b, strict=True)
+    )
+
+
+def test_augmentation_is_reproducible_from_the_seed_at_any_worker_count(image_folder_tree):
+    root, _ = image_folder_tree
+    cfg = data_cfg(root, "data.shuffle=full")
+    ds, _, _ = D.build_datasets(cfg)
+    base = epoch_batches(cfg, ds, epoch=1)
+    assert same(base, epoch_batches(cfg, ds, epoch=1))
+    cfg1 = data_cfg(root, "data.shuffle=full", "data.num_workers=1")
+    assert same(base, epoch_batches(cfg1, D.build_datasets(cfg1)[0], epoch=1))
+    assert not same(base, epoch_batches(cfg, ds, epoch=2))
+    assert not same(base, epoch_batches(cfg, ds, epoch=1, seed=1))
+
+
+@pytest.mark.parametrize("shuffle", ["full", "shards"])
+def test_resume_at_start_batch_equals_continuing(image_folder_tree, shuffle):
+    root, _ = image_folder_tree
+    cfg = data_cfg(root, f"data.shuffle={shuffle}", "data.shard_size=5")
+    ds, _, _ = D.build_datasets(cfg)
+    full = epoch_batches(cfg, ds, epoch=3)
+    assert same(full[2:], epoch_batches(cfg, ds, epoch=3, start_batch=2))
+
+
+@pytest.mark.parametrize("shuffle", ["full", "shards"])
+def test_ranks_get_disjoint_equal_shares_and_a_new_order_each_epoch(shuffle):
+    world, size = 3, 100
+    orders = []
+    for epoch in range(2):
+        shares = []
+        for rank in range(world):
+            s = D.EpochSampler(size, batch_size=4, seed=7, rank=rank, world_size=world,
+                               shuffle=shuffle, shard_size=10)  # fmt: skip
+            s.set_epoch(epoch)
+            shares.append([i for i, e, seed in s])
+            assert len(s) == 33 and s.batches_per_epoch == 8
+        flat = sum(shares, [])
+        assert len(set(flat)) == len(flat) == 99
+        orders.append(shares[0])
+    assert orders[0] != orders[1]
+
+
+def test_shard_shuffle_keeps_the_same_images_together():
+    s = D.EpochSampler(100, batch_size=4, seed=7, shuffle="shards", shard_size=10)
+    groups = [{frozenset(s.order(e)[i : i + 10]) for i in range(0, 100, 10)} for e in range(3)]
+    assert groups[0] == groups[1] == groups[2]
+    full = D.EpochSampler(100, batch_size=4, seed=7, shuffle="full")
+    assert {frozenset(full.order(0)[i : i + 10]) for i in range(0, 100, 10)} != groups[0]
+
+
+def test_sampler_rejects_bad_settings():
+    with pytest.raises(ValueError, match="full or shards"):
+        D.EpochSampler(100, batch_size=4, seed=0, shuffle="random")
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        D.EpochSampler(10, batch_size=4, seed=0, world_size=4)
+
+
+# ---------------------------------------------------------------- device side
+
+
+def test_normalize_on_the_device():
+    cfg = compose("train", ["data=imagenet"]).data
+    x = torch.full((2, 3, 4, 4), 255, dtype=torch.uint8)
+    y = D.normalize(x, cfg, channels_last=True)
+    assert y.dtype == torch.float32 and y.is_contiguous(memory_format=torch.channels_last)
+    expected = (1 - torch.tensor(cfg.mean)) / torch.tensor(cfg.std)
+    assert torch.allclose(y[0, :, 0, 0], expected, atol=1e-5)
+    with pytest.raises(TypeError, match="uint8"):
+        D.normalize(x.float(), cfg, channels_last=False)
+
+
+def test_gpu_decode_falls_back_to_cpu_without_cuda(image_folder_tree, monkeypatch):
+    root, _ = image_folder_tree
+    cfg = data_cfg(root, "data.decode=gpu")
+    ds, _, _ = D.build_datasets(cfg)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.warns(UserWarning, match="decoding on the CPU"):
+        loader = D.build_train_loader(cfg, ds, seed=0, rank=0, world_size=1)
+    assert isinstance(loader, torch.utils.data.DataLoader)
+
+
+def test_device_decode_path_matches_the_cpu_path(image_folder_tree):
+    """decode=gpu's logic, run on the CPU: same labels, same crops up to decoder differences."""
+    root, _ = image_folder_tree
+    (root / "train" / WNIDS[0] / "broken.JPEG").write_bytes(b"garbage")  # no header
+    good = (root / "train" / WNIDS[0] / f"{WNIDS[0]}_0.JPEG").read_bytes()
+    (root / "train" / WNIDS[0] / "cut.JPEG").write_bytes(good[:-200])  # fails the batch decode
+    cfg = data_cfg(root, "data.augment.color_strength=0.5")
+    ds, _, _ = D.build_datasets(cfg)
+    sampler = D.EpochSampler(len(ds), batch_size=4, seed=0)
+    sampler.set_epoch(1)
+    with pytest.warns(UserWarning, match="skipping unreadable image"):
+        device_batches = list(D.DeviceDecodeLoader(cfg, ds, sampler, device="cpu"))
+    cpu_batches = epoch_batches(cfg, ds, epoch=1)
+    assert len(device_batches) == len(cpu_batches)
+    for (x, y), (u, v) in zip(device_batches, cpu_batches, strict=True):
+        assert torch.equal(y, v) and x.shape == u.shape and x.dtype == torch.uint8
+        assert (x.float() - u.float()).abs().mean() < 12
+    assert D.skipped_files(ds) == 2
+
+
+# ---------------------------------------------------------------- MNIST
+
+
+def test_mnist_data():
+    cfg = compose("train", ["data=mnist"]).data
+    train_ds, val_ds, classes = D.build_datasets(cfg)
+    assert classes == [str(d) for d in range(10)] and len(train_ds) >= 4000
+    x, y = next(iter(D.build_train_loader(cfg, train_ds, seed=0, rank=0, world_size=1)))
+    assert x.shape == (60, 1, 32, 32) and x.dtype == torch.uint8 and x.max() > 200
+    assert 0 <= int(y.min()) and int(y.max()) <= 9
+    x, _ = next(iter(D.build_val_loader(cfg, val_ds, rank=0, world_size=1)))
+    assert D.normalize(x, cfg, channels_last=False).shape == (60, 1, 32, 32)
