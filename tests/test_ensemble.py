@@ -1,0 +1,342 @@
+"""The ensemble evaluator (bnrepro/ensemble.py): finding members, refusing bad input before any
+image is read, the evaluation core, and end to end on 6 trained tiny members at 1/10/144 crops.
+
+Tiny: width 1/8, 32 px crops, the session's tiny synthetic tree (conftest.py, 40 val images).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from conftest import TINY_TRAIN
+from sklearn.metrics import top_k_accuracy_score
+
+from bnrepro import checkpoint, data, ensemble, train
+from bnrepro.config import compose
+from bnrepro.crops import cut_crops
+from bnrepro.ensemble import EnsembleError, find_checkpoints
+
+DATA = [o for o in TINY_TRAIN if o.startswith("data.")]  # the same tree as the trainer's tests
+WIDTH = 0.125
+MEMBERS = 6
+
+
+def ensemble_cfg(root: str, tmp_path: Path, checkpoints, *extra: str):
+    specs = (
+        checkpoints if isinstance(checkpoints, str) else "[" + ",".join(map(str, checkpoints)) + "]"
+    )
+    return compose(
+        "ensemble",
+        [*DATA, f"data.root={root}", f"checkpoints={specs}", f"out_dir={tmp_path}",
+         "progress=false", *extra],
+    )  # fmt: skip
+
+
+def fake_checkpoint(path: Path, classes: list[str], *, seed: int = 0, **arch_changes) -> Path:
+    """A DESIGN.md checkpoint of an untrained tiny network (no training needed)."""
+    torch.manual_seed(seed)
+    kwargs = {"width_mult": WIDTH, "num_classes": len(classes), "in_chans": 3}
+    name = arch_changes.pop("name", "bn_inception")
+    kwargs.update(arch_changes)
+    model = timm.create_model("bn_inception", **{**kwargs, "num_classes": len(classes)})
+    ckpt = {
+        "format": checkpoint.FORMAT,
+        "arch": {"name": name, "kwargs": kwargs},
+        "classes": classes,
+        "model": model.state_dict(),
+        "images_seen": 0,
+        "config": {"run_name": path.stem, "experiment_name": "fake"},
+    }
+    checkpoint.save(path, ckpt)
+    return path
+
+
+@pytest.fixture(scope="session")
+def classes(tiny_data_root) -> list[str]:
+    return data.build_datasets(compose("ensemble", [*DATA, f"data.root={tiny_data_root}"]).data)[2]
+
+
+@pytest.fixture(scope="session")
+def trained_members(tiny_data_root, tmp_path_factory) -> Path:
+    """6 members trained for 2 steps each (seeds 0-5): a multirun-like folder of run folders."""
+    out = tmp_path_factory.mktemp("members")
+    for seed in range(MEMBERS):
+        overrides = [*TINY_TRAIN, f"data.root={tiny_data_root}", f"out_dir={out}", f"seed={seed}",
+                     "experiment=bn_x30_ensemble", "trainer.max_images=32",
+                     "trainer.eval_every_images=32", "trainer.ckpt_every_images=32"]  # fmt: skip
+        train.train(compose("train", overrides))
+    return out
+
+
+@pytest.fixture
+def no_long_work(monkeypatch):
+    """Fail the test if evaluation starts (a crop is cut)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("evaluation started before the input was checked")
+
+    monkeypatch.setattr(ensemble, "cut_crops", refuse)
+
+
+# ---------------------------------------------------------------- finding members
+
+
+def test_find_checkpoints_in_files_folders_globs_and_runs(tmp_path) -> None:
+    for run, files in {"a_seed0": ["ckpt_000000000032.pt", "best.pt"],
+                       "a_seed1": ["ckpt_000000000032.pt", "ckpt_000000000064.pt"]}.items():  # fmt: skip
+        (tmp_path / "multi" / run / "checkpoints").mkdir(parents=True)
+        for f in files:
+            (tmp_path / "multi" / run / "checkpoints" / f).touch()
+    (tmp_path / "loose").mkdir()
+    for f in ("x.pt", "y.pt"):
+        (tmp_path / "loose" / f).touch()
+    best = tmp_path / "multi" / "a_seed0" / "checkpoints" / "best.pt"
+    newest = tmp_path / "multi" / "a_seed1" / "checkpoints" / "ckpt_000000000064.pt"
+
+    assert find_checkpoints(str(tmp_path / "multi")) == [best, newest]  # best, else the newest
+    assert find_checkpoints([str(tmp_path / "multi" / "a_seed1")]) == [newest]  # a run folder
+    assert find_checkpoints(str(tmp_path / "multi" / "a_seed*")) == [best, newest]  # a glob
+    assert find_checkpoints([str(tmp_path / "loose")]) == [tmp_path / "loose" / "x.pt",
+                                                           tmp_path / "loose" / "y.pt"]  # fmt: skip
+    assert find_checkpoints([str(best)]) == [best]
+
+
+@pytest.mark.parametrize(
+    "specs, message",
+    [
+        ([], "checkpoints is empty"),
+        (["nowhere.pt"], "does not exist"),
+        (["nothing*"], "matches no file"),
+        (["loose/x.pt", "loose"], "the same file twice"),
+        (["empty"], "holds no .pt file"),
+        (["run"], "has no checkpoint yet"),
+    ],
+)
+def test_find_checkpoints_refuses(tmp_path, monkeypatch, specs, message) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "loose").mkdir()
+    (tmp_path / "loose" / "x.pt").touch()
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(EnsembleError, match=message):
+        find_checkpoints(specs)
+
+
+# ---------------------------------------------------------------- bad input, before any image
+
+
+def test_missing_checkpoint_is_refused(tiny_data_root, classes, tmp_path, no_long_work) -> None:
+    good = fake_checkpoint(tmp_path / "good.pt", classes)
+    cfg = ensemble_cfg(tiny_data_root, tmp_path, [good, tmp_path / "missing.pt"])
+    with pytest.raises(EnsembleError, match="missing.pt does not exist"):
+        ensemble.run(cfg, tmp_path / "run")
+
+
+def test_truncated_checkpoint_is_refused(tiny_data_root, classes, tmp_path, no_long_work) -> None:
+    good = fake_checkpoint(tmp_path / "good.pt", classes)
+    cut = fake_checkpoint(tmp_path / "cut.pt", classes)
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    with pytest.raises(EnsembleError, match="cut.pt is unreadable .truncated or corrupt"):
+        ensemble.run(ensemble_cfg(tiny_data_root, tmp_path, [good, cut]), tmp_path / "run")
+
+
+def test_unknown_architecture_is_refused(tiny_data_root, classes, tmp_path, no_long_work) -> None:
+    good = fake_checkpoint(tmp_path / "good.pt", classes)
+    other = fake_checkpoint(tmp_path / "other.pt", classes, name="no_such_net")
+    with pytest.raises(EnsembleError, match="'no_such_net', which is not in timm's registry"):
+        ensemble.run(ensemble_cfg(tiny_data_root, tmp_path, [good, other]), tmp_path / "run")
+
+
+def test_weights_of_another_shape_are_refused(tiny_data_root, classes, tmp_path, no_long_work):
+    ckpt = fake_checkpoint(tmp_path / "wide.pt", classes)
+    saved = torch.load(ckpt, weights_only=True)
+    saved["arch"]["kwargs"]["width_mult"] = 0.25  # weights of width 1/8, arch says 1/4
+    checkpoint.save(ckpt, saved)
+    with pytest.raises(EnsembleError, match="weights do not fit bn_inception"):
+        ensemble.run(ensemble_cfg(tiny_data_root, tmp_path, [ckpt]), tmp_path / "run")
+
+
+def test_another_class_count_is_refused(tiny_data_root, classes, tmp_path, no_long_work) -> None:
+    good = fake_checkpoint(tmp_path / "good.pt", classes)
+    fewer = fake_checkpoint(tmp_path / "fewer.pt", classes[:5])
+    with pytest.raises(
+        EnsembleError, match="fewer.pt was trained on another class list .5 classes"
+    ):
+        ensemble.run(ensemble_cfg(tiny_data_root, tmp_path, [good, fewer]), tmp_path / "run")
+
+
+def test_another_class_list_than_the_val_set_is_refused(
+    tiny_data_root, classes, tmp_path, no_long_work
+) -> None:
+    renamed = [f"n9{c[2:]}" for c in classes]  # same count, other wnids
+    a = fake_checkpoint(tmp_path / "a.pt", renamed)
+    b = fake_checkpoint(tmp_path / "b.pt", renamed, seed=1)
+    with pytest.raises(EnsembleError, match="a.pt was trained on 10 classes .* the val set has 10"):
+        ensemble.run(ensemble_cfg(tiny_data_root, tmp_path, [a, b]), tmp_path / "run")
+
+
+def test_empty_val_set_is_refused(tiny_data_root, classes, tmp_path, no_long_work) -> None:
+    good = fake_checkpoint(tmp_path / "good.pt", classes)
+    cfg = ensemble_cfg(tiny_data_root, tmp_path, [good], "max_images=0")
+    with pytest.raises(EnsembleError, match="val set .* is empty"):
+        ensemble.run(cfg, tmp_path / "run")
+
+
+def test_bad_crop_count_is_refused(tiny_data_root, classes, tmp_path, no_long_work) -> None:
+    good = fake_checkpoint(tmp_path / "good.pt", classes)
+    with pytest.raises(EnsembleError, match="crops must be one of"):
+        ensemble.run(ensemble_cfg(tiny_data_root, tmp_path, [good], "crops=12"), tmp_path / "run")
+
+
+def test_cli_exits_non_zero_with_one_line(tmp_path) -> None:
+    cmd = [sys.executable, "-m", "bnrepro.ensemble", f"checkpoints=[{tmp_path}/none.pt]",
+           f"out_dir={tmp_path}"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"bnrepro-ensemble: error: checkpoint {tmp_path}/none.pt does not exist: check the path"
+    )
+
+
+# ---------------------------------------------------------------- the evaluation core
+
+
+def test_evaluate_averages_crops_then_members_batch_by_batch() -> None:
+    """Against a direct computation, and with the order: every member sees a batch before the
+    next batch is loaded."""
+    cfg = compose("ensemble", ["checkpoints=[x]", "resolution=32"])
+    torch.manual_seed(0)
+    models = [timm.create_model("bn_inception", width_mult=WIDTH, num_classes=10).eval()
+              for _ in range(2)]  # fmt: skip
+    images = [torch.randint(0, 256, (3, 40 + 7 * i, 60 - 5 * i), dtype=torch.uint8)
+              for i in range(3)]  # fmt: skip
+    labels = torch.tensor([1, 4, 9])
+    log = []
+
+    def batches():
+        for i in range(0, 3, 2):
+            log.append("load")
+            yield images[i : i + 2], labels[i : i + 2], 0
+
+    for i, m in enumerate(models):
+        m.register_forward_hook(lambda *_, i=i: log.append(f"m{i}"))
+    ex = train.Exec(torch.device("cpu"), None, False)
+
+    def prepare(crops):
+        return data.normalize(crops, cfg.data, channels_last=False)
+
+    ev = ensemble.evaluate([models], batches(), n_crops=10, resolution=32, prepare=prepare,
+                           ex=ex, save_probs=True)  # fmt: skip
+
+    assert log == ["load", "m0", "m1"] * 2
+    with torch.no_grad():
+        expected = torch.stack([
+            torch.stack([m(prepare(cut_crops(im, 10, 32))).softmax(-1).mean(0) for im in images])
+            for m in models
+        ])  # fmt: skip
+    torch.testing.assert_close(torch.from_numpy(ev.probs[0]), expected)
+    assert ev.images == 3 and ev.labels.tolist() == labels.tolist()
+    for i, p in enumerate([*expected, expected.mean(0)]):
+        top1 = (p.argmax(1) == labels).sum().item()
+        assert ev.correct[0, i, 0].item() == top1
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def _errors(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    n = len(probs[0])
+    return tuple(
+        1
+        - top_k_accuracy_score(labels, probs, k=k, labels=np.arange(n), normalize=False)
+        / len(labels)
+        for k in (1, 5)
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("crops, max_images", [(1, 40), (10, 40), (144, 12)])
+def test_six_members_equal_the_mean_of_their_saved_probs(
+    trained_members, tiny_data_root, tmp_path, crops, max_images
+) -> None:
+    cfg = ensemble_cfg(tiny_data_root, tmp_path, str(trained_members), f"crops={crops}",
+                       f"max_images={max_images}", "save_probs=true",
+                       f"results_dir={tmp_path / 'results'}")  # fmt: skip
+    results = ensemble.run(cfg, tmp_path / "run")
+
+    saved = np.load(tmp_path / "run" / "probs.npz")
+    probs, labels = saved["probs"], saved["labels"]
+    assert probs.shape == (MEMBERS, max_images, 10)
+    np.testing.assert_allclose(probs.sum(-1), 1, rtol=1e-5)
+    rows = results["rows"]
+    assert [r["models"] for r in rows] == [1] * MEMBERS + [MEMBERS]
+    assert [r["model"] for r in rows[:MEMBERS]] == [f"bn_x30_ensemble_seed{s}" for s in range(6)]
+    assert {(r["crops"], r["resolution"], r["images"]) for r in rows} == {(crops, 32, max_images)}
+    for r, p in zip(rows, [*probs, probs.mean(0)], strict=True):
+        assert (r["top1_error"], r["top5_error"]) == pytest.approx(_errors(p, labels), abs=1e-12)
+    # the labels are the val set's, in order
+    val_labels = data.build_datasets(cfg.data)[1].split.labels[:max_images]
+    assert labels.tolist() == val_labels.tolist()
+    on_disk = json.loads((tmp_path / "results" / "results.json").read_text())
+    assert on_disk["rows"] == rows
+    assert "| ensemble of 6 | 32 |" in (tmp_path / "run" / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_population_statistics_are_reported_beside(trained_members, tiny_data_root, tmp_path):
+    cfg = ensemble_cfg(tiny_data_root, tmp_path, str(trained_members), "crops=1",
+                       "pop_stats_batches=2", "save_probs=true")  # fmt: skip
+    rows = ensemble.run(cfg, tmp_path / "run")["rows"]
+    assert [r["bn_stats"] for r in rows] == ["moving"] * 7 + ["population"] * 7
+    saved = np.load(tmp_path / "run" / "probs.npz")
+    assert not np.allclose(saved["probs"], saved["probs_population"])
+    pop = rows[-1]
+    assert (pop["top1_error"], pop["top5_error"]) == pytest.approx(
+        _errors(saved["probs_population"].mean(0), saved["labels"]), abs=1e-12
+    )
+
+
+@pytest.mark.slow
+def test_cli_runs_as_a_job(trained_members, tiny_data_root, tmp_path) -> None:
+    cmd = [sys.executable, "-m", "bnrepro.ensemble", f"checkpoints=[{trained_members}/*seed0,{trained_members}/*seed1]",
+           *DATA, f"data.root={tiny_data_root}", f"out_dir={tmp_path}", "crops=10",
+           "max_images=8", "progress=false"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    (result,) = tmp_path.glob("ensemble/*/results.json")
+    assert len(json.loads(result.read_text())["members"]) == 2
+
+
+def test_wandb_run_is_an_ensemble_job_in_the_members_group(
+    tiny_data_root, classes, tmp_path, monkeypatch
+) -> None:
+    from test_wandb import wandb_records
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    members = [fake_checkpoint(tmp_path / f"m{i}.pt", classes, seed=i) for i in range(2)]
+    cfg = ensemble_cfg(tiny_data_root, tmp_path, members, "crops=1", "max_images=4",
+                       "logger=wandb", "logger.wandb.mode=offline")  # fmt: skip
+    rows = ensemble.run(cfg, tmp_path / "run")["rows"]
+    (path,) = (tmp_path / "run").glob("wandb/offline-run-*/run-*.wandb")
+    for _ in range(100):  # wandb-core may still be flushing after finish()
+        records = list(wandb_records(path))
+        if any(r.HasField("exit") for r in records):
+            break
+        time.sleep(0.1)
+    (run,) = [r.run for r in records if r.HasField("run")]
+    assert (run.run_group, run.job_type) == ("fake", "ensemble")  # group: the members' experiment
+    summary = {
+        item.key: json.loads(item.value_json)
+        for r in records
+        if r.HasField("summary")
+        for item in r.summary.update
+    }
+    assert summary["ensemble of 2/top1_error"] == pytest.approx(rows[-1]["top1_error"])
