@@ -1,0 +1,107 @@
+"""Algorithm 2 (paper section 3.1): replace BN's moving averages by population statistics.
+
+For every BN layer, E[x] = mean of the mini-batch means and Var[x] = m/(m-1) x mean of the
+mini-batch variances, over N training mini-batches, in training mode (each batch normalised by its
+own statistics, as during training), without updating any weight. PyTorch's BN with momentum=None
+accumulates exactly these cumulative averages (of the unbiased batch variance).
+
+    bnrepro-bn-stats outputs/bn_x30_seed0/checkpoints/best.pt --batches 100 --out popstats.pt
+    bnrepro-bn-stats CKPT data.root=/datasets/imagenet data.batch_size=64   # data overrides
+
+Training runs it with trainer.pop_stats_batches=N before the final eval (val_popstats/top1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+
+@torch.no_grad()
+def recompute_bn_stats(
+    model: nn.Module, batches: Iterator[torch.Tensor], num_batches: int
+) -> nn.Module:
+    """Algorithm 2 in place on `model` (pass a copy to keep the original); returns it in eval mode.
+
+    batches yields model-ready (normalised, on-device) inputs; under DDP pass each rank's own and
+    average the result with average_bn_stats.
+    """
+    bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    if not bns:
+        raise ValueError("the model has no BatchNorm layer: Algorithm 2 applies to BN networks")
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches seen (Algorithm 2, step 10)
+    model.train()
+    seen = 0
+    for x in batches:
+        if seen == num_batches:
+            break
+        model(x)
+        seen += 1
+    if seen < num_batches:
+        raise ValueError(f"asked for {num_batches} batches of BN statistics, the data gave {seen}")
+    for m, momentum in zip(bns, momenta, strict=True):
+        m.momentum = momentum
+    return model.eval()
+
+
+def average_bn_stats(model: nn.Module, all_sum) -> None:
+    """Average the population statistics over DDP ranks (each saw the same number of batches).
+    all_sum(tensor) sums a tensor over ranks in place (distributed.all_sum)."""
+    bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    stats = torch.cat([torch.cat([m.running_mean, m.running_var]) for m in bns])
+    world = all_sum(torch.ones(1, device=stats.device)).item()
+    stats = all_sum(stats) / world
+    for m in bns:
+        n = m.running_mean.numel()
+        m.running_mean.copy_(stats[:n])
+        m.running_var.copy_(stats[n : 2 * n])
+        stats = stats[2 * n :]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """bnrepro-bn-stats: Algorithm 2 on a checkpoint; prints val top-1/top-5 before and after."""
+    from omegaconf import OmegaConf
+
+    from bnrepro import checkpoint, train  # the training loop's builders and evaluation
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", help="a bnrepro checkpoint (ckpt_*.pt or best.pt)")
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data.root=/x")
+    parser.add_argument("--batches", type=int, default=100, help="training batches to average")
+    parser.add_argument("--out", help="write a checkpoint with the population statistics here")
+    args = parser.parse_args(argv)
+
+    ckpt = checkpoint.load(args.checkpoint)
+    cfg = OmegaConf.merge(OmegaConf.create(ckpt["config"]), OmegaConf.from_dotlist(args.overrides))
+    ex = train.build_exec(cfg.trainer, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    data = train.build_data(cfg, rank=0, world_size=1)
+    checkpoint.check_compatible(
+        ckpt, train.arch_of(cfg, data.classes), data.classes, args.checkpoint
+    )
+    model = train.build_model(cfg, data.classes)
+    model.load_state_dict(ckpt["model"])
+    model.to(ex.device)
+    before = train.evaluate(model, data.val_loader, cfg, ex)
+    inputs = train.model_inputs(data.train_loader, cfg, ex)
+    pop = recompute_bn_stats(copy.deepcopy(model), inputs, args.batches)
+    after = train.evaluate(pop, data.val_loader, cfg, ex)
+    print(f"moving averages:  top1 {before['val/top1']:.4f}  top5 {before['val/top5']:.4f}")
+    print(f"population stats: top1 {after['val/top1']:.4f}  top5 {after['val/top5']:.4f}")
+    if args.out:
+        ckpt["model"] = {k: v.cpu() for k, v in pop.state_dict().items()}
+        ckpt["metrics"] = {**ckpt.get("metrics", {}), "val_popstats/top1": after["val/top1"]}
+        checkpoint.save(Path(args.out), ckpt)
+        print(f"checkpoint with population statistics: {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""Checkpoints: atomic save, validated load, newest valid in a run folder, keep-last-K + best.
+
+Format "bnrepro-checkpoint/1" (docs/DESIGN.md): a torch.save'd dict that `torch.load(...,
+weights_only=True)` reads (the numpy RNG state is stored as a tensor), so loading one runs no code.
+Files: <run_dir>/checkpoints/ckpt_<images_seen:012d>.pt (the last `keep_last`) and best.pt.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMAT = "bnrepro-checkpoint/1"
+
+# Keys that may change between a run and its resumption without making it another run: where the
+# data lives, how it is read, logged, evaluated and checkpointed, how long the run goes, and where
+# SLURM runs it (cluster.*, present under hydra/launcher=slurm only).
+_MAY_CHANGE = (
+    "trainer.",
+    "logger.",
+    "out_dir",
+    "data.root",
+    "data.num_workers",
+    "data.decode",
+    "cluster.",
+)
+# ... except these trainer keys, which change the optimisation itself.
+_MUST_MATCH = ("trainer.grad_accum", "trainer.amp")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used for this run; the message says why and what to do."""
+
+
+def git_sha() -> str | None:
+    """The commit of the code that wrote the checkpoint (None outside a git checkout)."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def rng_state() -> dict:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(path: Path, ckpt: dict) -> None:
+    """Write atomically: a reader (or a preempted job) sees the old file or the new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(ckpt, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load(path: str | Path) -> dict:
+    """Read and validate one checkpoint; CheckpointError if unreadable, truncated or foreign."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; check trainer.resume")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a truncated zip / pickle
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable (truncated or corrupt: {type(e).__name__}: {e}). "
+            "Delete it, or point trainer.resume at another checkpoint."
+        ) from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a bnrepro checkpoint (format {FORMAT!r} expected)")
+    return ckpt
+
+
+def check_compatible(ckpt: dict, arch: dict, classes: list[str], path: str | Path) -> None:
+    """Refuse a checkpoint of another architecture, number of classes or class list."""
+    saved, run = _flat_arch(ckpt["arch"]), _flat_arch(arch)
+    diffs = [
+        f"{k}: checkpoint {saved.get(k)!r} vs run {run.get(k)!r}"
+        for k in sorted(set(saved) | set(run))
+        if saved.get(k) != run.get(k)
+    ]
+    if diffs:
+        raise CheckpointError(
+            f"checkpoint {path} holds another architecture ({'; '.join(diffs)}). Resume from a "
+            "checkpoint of this model, or set model.* / data to match it."
+        )
+    if list(ckpt["classes"]) != list(classes):
+        raise CheckpointError(
+            f"checkpoint {path} was trained on another class list ({len(ckpt['classes'])} "
+            f"classes, first {ckpt['classes'][:3]}) than this data ({len(classes)} classes, first "
+            f"{classes[:3]}). Use the same dataset, or another checkpoint."
+        )
+
+
+def _flat_arch(arch: dict) -> dict:
+    return {"name": arch["name"], **arch["kwargs"]}
+
+
+def config_diff(saved: dict, current: dict) -> list[str]:
+    """Dotted keys whose values differ and that define the run (not paths, cadence, logging)."""
+    a, b = _flatten(saved), _flatten(current)
+    return sorted(
+        k
+        for k in set(a) | set(b)
+        if a.get(k) != b.get(k) and (k.startswith(_MUST_MATCH) or not k.startswith(_MAY_CHANGE))
+    )
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+class Checkpointer:
+    """Writes ckpt_<images>.pt (the loop decides when), keeps the last `keep_last` plus best.pt,
+    and finds the newest valid checkpoint of a run folder to resume from."""
+
+    def __init__(self, run_dir: Path, *, keep_last: int) -> None:
+        if keep_last < 1:
+            raise ValueError(f"trainer.keep_last must be >= 1, got {keep_last}")
+        self.dir = Path(run_dir) / "checkpoints"
+        self.keep_last = keep_last
+
+    def path(self, images_seen: int) -> Path:
+        return self.dir / f"ckpt_{images_seen:012d}.pt"
+
+    def existing(self) -> list[Path]:
+        """Periodic checkpoints, oldest first."""
+        return sorted(self.dir.glob("ckpt_*.pt"))
+
+    def newest_valid(self) -> tuple[Path, dict] | None:
+        """The newest checkpoint that loads; unreadable ones are reported and skipped."""
+        for path in reversed(self.existing()):
+            try:
+                return path, load(path)
+            except CheckpointError as e:
+                warnings.warn(f"skipping {e}", stacklevel=2)
+        return None
+
+    def save(self, ckpt: dict, *, periodic: bool, best: bool) -> None:
+        """periodic: write ckpt_<images>.pt and prune to the last keep_last; best: best.pt."""
+        if periodic:
+            path = self.path(ckpt["images_seen"])
+            save(path, ckpt)
+            # Prune older ones only: a newer file can be a corrupt one skipped at resume time.
+            older = [p for p in self.existing() if p.name <= path.name]
+            for old in older[: -self.keep_last]:
+                old.unlink()
+        if best and periodic:  # a hard link: no second write; pruning ckpt_* leaves best.pt intact
+            tmp = self.dir / "best.pt.tmp"
+            tmp.unlink(missing_ok=True)
+            os.link(path, tmp)
+            os.replace(tmp, self.dir / "best.pt")
+        elif best:
+            save(self.dir / "best.pt", ckpt)

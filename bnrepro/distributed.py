@@ -1,0 +1,131 @@
+"""Who am I in the job: rank, world size, device; DDP set-up and teardown; SLURM requeue.
+
+The only module that reads RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT and SLURM_*.
+Order: torchrun's environment first, then SLURM's (srun, one task per GPU), else one process.
+
+    torchrun --nproc_per_node=8 -m bnrepro.train experiment=bn_x30        # one node
+    srun --ntasks-per-node=8 bnrepro-train experiment=bn_x30               # SLURM, any nodes
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def _env_ranks() -> tuple[int, int, int, dict[str, str]]:
+    """(rank, world_size, local_rank, extra env for the rendezvous) from torchrun or SLURM."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:  # torchrun (or a user's own launcher)
+        return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)), {}
+    if int(env.get("SLURM_NTASKS", 1)) > 1 and "SLURM_PROCID" in env:  # srun, one task per GPU
+        rendezvous = {
+            "MASTER_ADDR": env.get("MASTER_ADDR") or _slurm_master_addr(),
+            # Same port on every task, different per job so two jobs on a node do not collide.
+            "MASTER_PORT": env.get("MASTER_PORT") or str(15000 + int(env["SLURM_JOB_ID"]) % 20000),
+        }
+        local = int(env.get("SLURM_LOCALID", 0))
+        return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), local, rendezvous
+    return 0, 1, 0, {}
+
+
+def _slurm_master_addr() -> str:
+    """The first host of the job's node list (`scontrol show hostnames` expands 'node[1-4]')."""
+    nodelist = os.environ["SLURM_JOB_NODELIST"]
+    out = subprocess.run(
+        ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True
+    )
+    return out.stdout.split()[0]
+
+
+def setup(device: str = "auto") -> Dist:
+    """Initialise the process group when launched as several processes; pick the device.
+
+    device: auto (cuda if available), cpu or cuda. Backend: nccl on GPU, gloo on CPU.
+    """
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"trainer.device must be auto, cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            "trainer.device=cuda but no CUDA device is visible; use trainer.device=cpu"
+        )
+    rank, world_size, local_rank, rendezvous = _env_ranks()
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    if world_size > 1 and not dist.is_initialized():
+        os.environ.update(rendezvous)
+        dist.init_process_group(
+            "nccl" if use_cuda else "gloo", rank=rank, world_size=world_size, init_method="env://"
+        )
+    return Dist(rank, world_size, local_rank, dev)
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_sum(values: torch.Tensor, d: Dist) -> torch.Tensor:
+    """Sum a tensor over ranks (in place; a no-op for one process)."""
+    if d.enabled:
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def any_rank(flag: bool, d: Dist) -> bool:
+    """True on every rank if any rank's flag is set (all ranks stop together on preemption)."""
+    if not d.enabled:
+        return flag
+    return bool(all_sum(torch.tensor([float(flag)], device=d.device), d).item())
+
+
+def broadcast_buffers(module: torch.nn.Module, d: Dist) -> None:
+    """Copy rank 0's buffers (BN running statistics) to every rank. DDP does this at the start of
+    each forward; after the last step each replica holds its own batch's update, so sync them
+    before evaluating."""
+    if d.enabled:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
+
+def barrier(d: Dist) -> None:
+    if d.enabled:
+        dist.barrier()
+
+
+def slurm_job_id() -> str | None:
+    return os.environ.get("SLURM_JOB_ID")
+
+
+def requeue_slurm_job() -> bool:
+    """Under SLURM, put this job back in the queue (`scontrol requeue`); False when not under SLURM.
+
+    The requeued job runs the same command in the same run folder, so it resumes automatically.
+    """
+    job_id = slurm_job_id()
+    if job_id is None:
+        return False
+    subprocess.run(["scontrol", "requeue", job_id], check=True)
+    return True

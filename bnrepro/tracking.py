@@ -1,0 +1,125 @@
+"""Where metrics go: <run_dir>/metrics.jsonl (always) and a W&B run (logger.wandb.mode).
+
+One small interface, active on rank 0 only (other ranks get a tracker that does nothing).
+metrics.jsonl is append-only, one JSON object per line (pandas.read_json(path, lines=True)); a
+resumed run first drops the lines past its checkpoint, so the file stays one curve without
+duplicates. The W&B run id is kept in the checkpoint; a resumed run passes it back with
+resume="allow" and continues the same W&B run (online; offline runs cannot be resumed, see
+ENVIRONMENT-NOTES). WANDB_API_KEY / WANDB_ENTITY / WANDB_DIR from the environment work as usual.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+PAPER_BATCH = 32  # the paper counts steps of 32 images (section 4.2)
+
+
+class Tracker:
+    def __init__(
+        self,
+        cfg: DictConfig,
+        run_dir: Path,
+        *,
+        enabled: bool,
+        images_seen: int = 0,
+        wandb_run_id: str | None = None,
+    ) -> None:
+        """Open the metrics file (truncated to `images_seen`, the resume point) and W&B."""
+        self.enabled = enabled
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.wandb = None
+        self.run_id = wandb_run_id
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _truncate(self.path, images_seen)
+        self.file = open(self.path, "a")  # noqa: SIM115  (open for the run's lifetime)
+        if cfg.logger.wandb.mode != "disabled":
+            self.wandb = _init_wandb(cfg, run_dir, wandb_run_id)
+            self.run_id = self.wandb.id
+
+    def log(self, metrics: dict, *, step: int, images_seen: int) -> None:
+        """One line: step, images_seen, paper_steps, time, and the given metrics."""
+        if not self.enabled:
+            return
+        row = {
+            "step": step,
+            "images_seen": images_seen,
+            "paper_steps": images_seen / PAPER_BATCH,
+            "time": time.time(),
+            **metrics,
+        }
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()  # a preempted job loses no line it has logged
+        if self.wandb is not None:
+            self.wandb.log(row, step=step)
+
+    def summary(self, values: dict, run_dir: Path) -> Path | None:
+        """Write summary.json (and the W&B run summary)."""
+        if not self.enabled:
+            return None
+        path = Path(run_dir) / "summary.json"
+        tmp = path.with_name("summary.json.tmp")
+        tmp.write_text(json.dumps(values, indent=2) + "\n")
+        os.replace(tmp, path)
+        if self.wandb is not None:
+            self.wandb.summary.update(values)
+        return path
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self.file.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _truncate(path: Path, images_seen: int) -> None:
+    """Keep only the lines up to images_seen (all of a fresh run's old lines go: images_seen=0)."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    keep = [line for line in lines if _images(line) is not None and _images(line) <= images_seen]
+    if len(keep) == len(lines):
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(keep))
+    os.replace(tmp, path)
+
+
+def _images(line: str) -> int | None:
+    try:  # a line cut short by a kill is dropped
+        return json.loads(line)["images_seen"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return None
+
+
+def _init_wandb(cfg: DictConfig, run_dir: Path, run_id: str | None):  # -> wandb.Run
+    import wandb
+
+    w = cfg.logger.wandb
+    if w.mode not in ("online", "offline"):
+        raise ValueError(f"logger.wandb.mode must be online, offline or disabled, got {w.mode!r}")
+    run = wandb.init(
+        project=w.project,
+        entity=w.entity,
+        group=w.group,
+        job_type="train",
+        tags=list(w.tags),
+        name=cfg.run_name,
+        config=OmegaConf.to_container(cfg, resolve=True),
+        id=run_id,
+        resume="allow" if run_id else None,
+        dir=str(run_dir),
+        mode=w.mode,
+    )
+    # Plot against the paper's x axis (Figures 2 and 3 count steps of 32 images).
+    for prefix in ("train", "val", "val_popstats", "monitor"):
+        run.define_metric(f"{prefix}/*", step_metric="paper_steps")
+    return run

@@ -1,0 +1,73 @@
+"""Shared test fixtures."""
+
+import pytest
+
+# ---------------------------------------------------------------- training loop (issue 4)
+
+TINY_TRAIN = [  # a CPU-second-sized run: width 1/8, 32 px, 160 synthetic images, 6 steps of 16
+    "model.width_mult=0.125",
+    "data.synthetic.train_per_class=16",
+    "data.synthetic.val_per_class=4",
+    "data.synthetic.min_side=36",
+    "data.synthetic.max_side=56",
+    "data.train_crop=32",
+    "data.eval_resize=36",
+    "data.eval_crop=32",
+    "data.batch_size=16",
+    "data.num_workers=0",
+    "trainer.max_images=96",
+    "trainer.eval_every_images=48",
+    "trainer.ckpt_every_images=48",
+    "trainer.log_every_images=16",
+    "trainer.progress=false",
+    "logger.wandb.mode=disabled",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_data_root(tmp_path_factory) -> str:
+    """A tiny synthetic JPEG tree, generated once per test session."""
+    from bnrepro.config import compose
+    from bnrepro.data import build_datasets
+
+    root = str(tmp_path_factory.mktemp("synthetic"))
+    build_datasets(compose("train", [*TINY_TRAIN, f"data.root={root}"]).data)
+    return root
+
+
+@pytest.fixture
+def tiny_overrides(tiny_data_root, tmp_path) -> list[str]:
+    """Overrides for a tiny training run on the tiny tree, writing under tmp_path."""
+    return [*TINY_TRAIN, f"data.root={tiny_data_root}", f"out_dir={tmp_path}"]
+
+
+# ---------------------------------------------------------------- image trees (issue 3)
+
+WNIDS = ["n02000001", "n01000002", "n03000003"]  # deliberately not created in sorted order
+
+
+def write_jpeg(path, size: tuple[int, int], label: int, seed: int = 0) -> None:
+    """A noisy JPEG whose mean colour encodes `label` (so a test can check labels from pixels)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng([seed, label])
+    base = np.array([60.0, 60.0, 60.0])
+    base[label % 3] = 200.0
+    img = base + rng.normal(0, 10, (size[1], size[0], 3))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(path, quality=90)
+
+
+@pytest.fixture
+def image_folder_tree(tmp_path):
+    """root/train/<wnid>/*.JPEG and root/val/<wnid>/*.JPEG: 3 classes, 8 train and 2 val each,
+    varied sizes. Returns (root, classes in sorted order)."""
+    root = tmp_path / "imagefolder"
+    for c, wnid in enumerate(WNIDS):
+        for k in range(8):
+            size = (40 + 9 * k, 70 - 4 * k)
+            write_jpeg(root / "train" / wnid / f"{wnid}_{k}.JPEG", size, c, seed=k)
+        for k in range(2):
+            write_jpeg(root / "val" / wnid / f"val_{c}_{k}.JPEG", (50, 40), c, seed=100 + k)
+    return root, sorted(WNIDS)

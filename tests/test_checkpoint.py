@@ -1,0 +1,94 @@
+"""Checkpoint files: atomic save, validated load, keep-last-K + best, refusals (bnrepro/checkpoint.py)."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from bnrepro import checkpoint
+from bnrepro.checkpoint import Checkpointer, CheckpointError
+
+ARCH = {"name": "bn_inception", "kwargs": {"width_mult": 0.25, "num_classes": 10}}
+CLASSES = [f"n{i:08d}" for i in range(10)]
+
+
+def fake_ckpt(images_seen: int, **changes) -> dict:
+    ckpt = {
+        "format": checkpoint.FORMAT,
+        "arch": ARCH,
+        "classes": CLASSES,
+        "model": {"w": torch.full((3,), float(images_seen))},
+        "rng": checkpoint.rng_state(),
+        "images_seen": images_seen,
+        "config": {"seed": 0, "optim": {"lr": 0.1}, "trainer": {"max_images": 10}},
+    }
+    return ckpt | changes
+
+
+def test_roundtrip_loads_with_weights_only(tmp_path) -> None:
+    path = tmp_path / "c.pt"
+    checkpoint.save(path, fake_ckpt(64))
+    assert not path.with_name("c.pt.tmp").exists()
+    back = checkpoint.load(path)  # weights_only=True inside: no pickle code runs
+    assert torch.equal(back["model"]["w"], torch.full((3,), 64.0))
+    assert back["classes"] == CLASSES
+
+
+def test_rng_state_roundtrip() -> None:
+    state = checkpoint.rng_state()
+    first = (random.random(), np.random.rand(), torch.rand(1).item())
+    checkpoint.set_rng_state(state)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
+
+
+def test_truncated_and_foreign_files_are_refused(tmp_path) -> None:
+    path = tmp_path / "c.pt"
+    checkpoint.save(path, fake_ckpt(64))
+    path.write_bytes(path.read_bytes()[:-200])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        checkpoint.load(path)
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a bnrepro checkpoint"):
+        checkpoint.load(tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        checkpoint.load(tmp_path / "missing.pt")
+
+
+def test_other_architecture_or_classes_are_refused() -> None:
+    ckpt = fake_ckpt(64)
+    checkpoint.check_compatible(ckpt, ARCH, CLASSES, "c.pt")  # same: accepted
+    wider = {"name": "bn_inception", "kwargs": {"width_mult": 0.5, "num_classes": 10}}
+    with pytest.raises(CheckpointError, match="width_mult: checkpoint 0.25 vs run 0.5"):
+        checkpoint.check_compatible(ckpt, wider, CLASSES, "c.pt")
+    with pytest.raises(CheckpointError, match="another class list"):
+        checkpoint.check_compatible(ckpt, ARCH, CLASSES[:-1] + ["n99999999"], "c.pt")
+
+
+def test_keep_last_best_and_newest_valid(tmp_path) -> None:
+    ckpts = Checkpointer(tmp_path, keep_last=2)
+    for n, best in [(100, True), (200, False), (300, True), (400, False)]:
+        ckpts.save(fake_ckpt(n), periodic=True, best=best)
+    assert [p.name for p in ckpts.existing()] == ["ckpt_000000000300.pt", "ckpt_000000000400.pt"]
+    assert checkpoint.load(ckpts.dir / "best.pt")["images_seen"] == 300
+    ckpts.save(fake_ckpt(450), periodic=False, best=True)  # a best eval between checkpoints
+    assert checkpoint.load(ckpts.dir / "best.pt")["images_seen"] == 450
+    assert len(ckpts.existing()) == 2
+
+    newest = ckpts.path(400)
+    newest.write_bytes(newest.read_bytes()[:1000])  # killed while copying, say
+    with pytest.warns(UserWarning, match="ckpt_000000000400.pt is unreadable"):
+        path, ckpt = ckpts.newest_valid()
+    assert path == ckpts.path(300) and ckpt["images_seen"] == 300
+    ckpts.save(fake_ckpt(350), periodic=True, best=False)  # resumed at 300: the bad 400 stays
+    assert ckpts.path(350).exists() and ckpts.path(400).exists()
+
+
+def test_config_diff_names_only_the_keys_that_define_a_run() -> None:
+    saved = {"seed": 0, "optim": {"lr": 0.1}, "data": {"root": "/a", "batch_size": 32},
+             "trainer": {"max_images": 10, "grad_accum": 1}, "logger": {"wandb": {"mode": "x"}}}  # fmt: skip
+    same_run = {"seed": 0, "optim": {"lr": 0.1}, "data": {"root": "/b", "batch_size": 32},
+                "trainer": {"max_images": 99, "grad_accum": 1}, "logger": {"wandb": {"mode": "y"}}}  # fmt: skip
+    assert checkpoint.config_diff(saved, same_run) == []
+    other = same_run | {"seed": 1, "optim": {"lr": 0.2}, "trainer": {"grad_accum": 2}}
+    assert checkpoint.config_diff(saved, other) == ["optim.lr", "seed", "trainer.grad_accum"]

@@ -1,0 +1,79 @@
+"""W&B: an offline run holds the logged history and the full config (bnrepro/tracking.py).
+
+There is no public reader for offline runs (ENVIRONMENT-NOTES.md): the .wandb file is read here
+as LevelDB-log-framed protobuf records.
+"""
+
+import json
+import struct
+import time
+from pathlib import Path
+
+from bnrepro import checkpoint
+from bnrepro import train as T
+from bnrepro.config import compose
+
+BLOCK = 32 * 1024  # LevelDB log block; each record: uint32 crc, uint16 length, uint8 type
+
+
+def wandb_records(path: Path):
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, chunks = 7, []
+    while pos + 7 <= len(data):
+        left = BLOCK - pos % BLOCK
+        crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7]) if left >= 7 else (0, 0, 0)
+        if kind == 0:  # block padding
+            pos += left
+            continue
+        chunks.append(data[pos + 7 : pos + 7 + length])
+        pos += 7 + length
+        if kind in (1, 4):  # full, or last piece of a record
+            record = pb.Record()
+            record.ParseFromString(b"".join(chunks))
+            chunks = []
+            yield record
+
+
+def test_offline_run_holds_history_and_config(tiny_overrides, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    overrides = [*tiny_overrides, "logger=wandb", "logger.wandb.mode=offline"]
+    T.train(compose("train", [*overrides, "logger.wandb.tags=[test]", "trainer.max_images=48"]))
+    run_dir = tmp_path / "bn_x30_seed0"
+    (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    for _ in range(100):  # wandb-core may still be flushing after finish(): wait for the exit
+        records = list(wandb_records(path))
+        if any(r.HasField("exit") for r in records):
+            break
+        time.sleep(0.1)
+
+    (run,) = [r.run for r in records if r.HasField("run")]
+    assert (run.run_group, run.job_type, list(run.tags)) == ("bn_x30", "train", ["test"])
+    config = {item.key: json.loads(item.value_json) for item in run.config.update}
+    assert config["model"]["batch_norm"] is True and config["optim"]["lr"] == 0.045
+    assert config["trainer"]["max_images"] == 48  # the full resolved config
+
+    history = [
+        {
+            item.key or "/".join(item.nested_key): json.loads(item.value_json)
+            for item in r.history.item
+        }
+        for r in records
+        if r.HasField("history")
+    ]
+    local = {}  # W&B merges what is logged at one step into one history row
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        local.setdefault(row["step"], {}).update(row)
+    assert [h["_step"] for h in history] == list(local) == [1, 2, 3]
+    for h, row in zip(history, local.values(), strict=True):
+        assert {k: h[k] for k in row if k != "time"} == {
+            k: v for k, v in row.items() if k != "time"
+        }
+    assert "val/top1" in history[-1] and "train/loss" in history[0]
+
+    # the run id is in the checkpoint, for a resumed run to continue the same W&B run
+    ckpt = checkpoint.load(run_dir / "checkpoints" / "ckpt_000000000048.pt")
+    assert path.name == f"run-{ckpt['wandb_run_id']}.wandb"
