@@ -40,12 +40,9 @@ ORDER = ["inception", "bn_baseline", "bn_x5", "bn_x30", "bn_x5_sigmoid", "incept
 
 
 def _run_config(run_dir: Path) -> dict:
-    for name in ("config.yaml", ".hydra/config.yaml"):
-        if (run_dir / name).is_file():
-            return yaml.safe_load((run_dir / name).read_text())
-    if (run_dir / "summary.json").is_file():
-        return json.loads((run_dir / "summary.json").read_text())
-    raise FileNotFoundError(f"{run_dir}: no config.yaml, .hydra/config.yaml or summary.json")
+    if (run_dir / "config.yaml").is_file():  # written by bnrepro-train when the run starts
+        return yaml.safe_load((run_dir / "config.yaml").read_text())
+    raise FileNotFoundError(f"{run_dir}: no config.yaml: is it a bnrepro-train run folder?")
 
 
 def find_runs(paths: list[str | Path]) -> list[Path]:
@@ -143,7 +140,9 @@ def _ordered(rows: dict) -> dict:
 
 
 def _fmt_steps(x: float | None) -> str:
-    return "never" if x is None else f"{x:.3g}"
+    if x is None:
+        return "never"
+    return f"{x / 1e6:.1f}e6" if x >= 1e5 else f"{x:.4g}"  # the paper writes 31.0e6
 
 
 def _fmt_pct(x: float | None) -> str:

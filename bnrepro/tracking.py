@@ -38,6 +38,9 @@ class Tracker:
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # The resolved config beside the metrics (Hydra's .hydra/ is off: a refused run must not
+        # overwrite anything, and this file is only written once the run is accepted).
+        OmegaConf.save(cfg, self.path.with_name("config.yaml"), resolve=True)
         _truncate(self.path, images_seen)
         self.file = open(self.path, "a")  # noqa: SIM115  (open for the run's lifetime)
         if cfg.logger.wandb.mode != "disabled":

@@ -9,8 +9,8 @@
 
 Everything is counted in images (paper steps = images / 32). Running the same command again in the
 same run folder resumes from its newest valid checkpoint; trainer.resume=PATH resumes from a file.
-On SIGTERM or trainer.preempt_signal (SLURM's warning) the run checkpoints, requeues itself under
-SLURM and exits 0.
+On trainer.preempt_signal (SLURM's warning, USR2) the run checkpoints, requeues itself under SLURM
+and exits 0; on SIGTERM (scancel, a time-limit kill) it checkpoints and exits 0 without requeueing.
 """
 
 from __future__ import annotations
@@ -235,11 +235,16 @@ def evaluate(
 
 
 class Preemption:
-    """Sets `requested` on SIGTERM or trainer.preempt_signal; the loop checks it every step."""
+    """Sets `requested` on SIGTERM or trainer.preempt_signal; the loop checks it every step.
+
+    Only the warning signal asks for a requeue: SIGTERM comes from `scancel`, a time-limit kill or
+    a cluster that requeues by itself, so the run checkpoints and stops without requeueing.
+    """
 
     def __init__(self, signal_name: str) -> None:
-        self.signals = {signal.SIGTERM, getattr(signal, f"SIG{signal_name.removeprefix('SIG')}")}
-        self.requested = False
+        self.warning = getattr(signal, f"SIG{signal_name.removeprefix('SIG')}")
+        self.signals = {signal.SIGTERM, self.warning}
+        self.requested = self.requeue = False
 
     def __enter__(self) -> Preemption:
         self.previous = {s: signal.signal(s, self._handle) for s in self.signals}
@@ -247,6 +252,7 @@ class Preemption:
 
     def _handle(self, signum: int, frame: object) -> None:
         self.requested = True
+        self.requeue = self.requeue or signum == self.warning
 
     def __exit__(self, *exc: object) -> None:
         for s, handler in self.previous.items():
@@ -379,7 +385,7 @@ def run(cfg: DictConfig, run_dir: Path, preemption: Preemption) -> dict:
             metrics = metrics | popstats
         if last_save != p.images_seen or best:
             save(metrics, periodic=last_save != p.images_seen, best=best)
-    requeued = preempted and d.is_main and distributed.requeue_slurm_job()
+    requeued = preempted and preemption.requeue and d.is_main and distributed.requeue_slurm_job()
     summary = make_summary(cfg, p, metrics, preempted=preempted, requeued=requeued)
     summary_path = tracker.summary(summary, run_dir)
     tracker.close()
@@ -503,7 +509,11 @@ def make_summary(cfg: DictConfig, p: Progress, metrics: dict, **extra) -> dict:
 def _hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    train(cfg, run_dir=HydraConfig.get().runtime.output_dir)
+    summary = train(cfg, run_dir=HydraConfig.get().runtime.output_dir)
+    if summary["requeued"]:
+        # Leave without returning a result: under hydra-submitit-launcher a returned result would
+        # mark the job done, and the launcher would stop waiting for its requeued continuation.
+        raise SystemExit(0)
 
 
 def main() -> None:

@@ -49,3 +49,19 @@ def test_signal_checkpoints_requeues_and_the_rerun_finishes(tiny_overrides, tmp_
     assert summary["images_seen"] == 1600 and not summary["preempted"]
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [r["images_seen"] for r in rows if "train/loss" in r] == list(range(16, 1601, 16))
+
+
+def test_only_the_warning_signal_asks_for_a_requeue():
+    """SIGTERM (scancel, a time-limit kill) stops the run; only USR2 also requeues it."""
+    import os
+    import signal
+
+    from bnrepro.train import Preemption
+
+    with Preemption("USR2") as p:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert p.requested and not p.requeue
+    with Preemption("SIGUSR2") as p:
+        os.kill(os.getpid(), signal.SIGUSR2)
+        assert p.requested and p.requeue
+    assert signal.getsignal(signal.SIGTERM) != p._handle  # handlers restored on exit
