@@ -84,13 +84,13 @@ def load(path: str | Path) -> dict:
     """Read and validate one checkpoint; CheckpointError if unreadable, truncated or foreign."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; check trainer.resume")
+        raise CheckpointError(f"checkpoint {path} does not exist: check the path")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for a truncated zip / pickle
         raise CheckpointError(
             f"checkpoint {path} is unreadable (truncated or corrupt: {type(e).__name__}: {e}). "
-            "Delete it, or point trainer.resume at another checkpoint."
+            "Delete it or use another checkpoint (training resumes from the newest valid one)."
         ) from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a bnrepro checkpoint (format {FORMAT!r} expected)")
@@ -123,12 +123,16 @@ def _flat_arch(arch: dict) -> dict:
 
 
 def config_diff(saved: dict, current: dict) -> list[str]:
-    """Dotted keys whose values differ and that define the run (not paths, cadence, logging)."""
+    """Dotted keys whose values differ and that define the run (not paths, cadence, logging).
+
+    Only keys both configs have are compared: a key that a newer bnrepro added (or removed) must
+    not stop a preempted run from resuming after an upgrade.
+    """
     a, b = _flatten(saved), _flatten(current)
     return sorted(
         k
-        for k in set(a) | set(b)
-        if a.get(k) != b.get(k) and (k.startswith(_MUST_MATCH) or not k.startswith(_MAY_CHANGE))
+        for k in set(a) & set(b)
+        if a[k] != b[k] and (k.startswith(_MUST_MATCH) or not k.startswith(_MAY_CHANGE))
     )
 
 

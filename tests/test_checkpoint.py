@@ -92,3 +92,12 @@ def test_config_diff_names_only_the_keys_that_define_a_run() -> None:
     assert checkpoint.config_diff(saved, same_run) == []
     other = same_run | {"seed": 1, "optim": {"lr": 0.2}, "trainer": {"grad_accum": 2}}
     assert checkpoint.config_diff(saved, other) == ["optim.lr", "seed", "trainer.grad_accum"]
+
+
+def test_config_diff_ignores_keys_a_newer_version_added() -> None:
+    saved = {"optim": {"lr": 0.045}, "seed": 0}
+    upgraded = {"optim": {"lr": 0.045, "new_knob": True}, "seed": 0}
+    assert checkpoint.config_diff(saved, upgraded) == []
+    assert checkpoint.config_diff(saved, {"optim": {"lr": 0.03, "new_knob": True}, "seed": 0}) == [
+        "optim.lr"
+    ]
