@@ -21,6 +21,7 @@ import yaml
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 # paper.md section 4, Figure 3: paper steps to reach Inception's 72.2%, and max accuracy.
 PAPER_FIGURE3 = {
@@ -195,6 +196,7 @@ def plot_figure2(curves: pd.DataFrame, out: Path, title: str = "") -> None:
         ax_paper.annotate(name, (x, top1), textcoords="offset points", xytext=(5, 5), fontsize=8)
     ax_paper.axhline(0.722, ls="--", c="gray", lw=1)
     ax_paper.set_xscale("log")
+    ax_paper.xaxis.set_minor_formatter(NullFormatter())  # no crowded labels
     ax_paper.set_xlabel("paper steps to reach 72.2% (x = never, placed at 31e6)")
     ax_paper.set_ylabel("max validation accuracy (paper)")
     ax_paper.set_title("The paper's Figure 3 (ImageNet)")
