@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     """bnrepro-bn-stats: Algorithm 2 on a checkpoint; prints val top-1/top-5 before and after."""
     from omegaconf import OmegaConf
 
-    from bnrepro import checkpoint, train  # the training loop's builders and evaluation
+    from bnrepro import checkpoint, distributed, train  # the training loop's builders, evaluation
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="a bnrepro checkpoint (ckpt_*.pt or best.pt)")
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
 
     ckpt = checkpoint.load(args.checkpoint)
     cfg = OmegaConf.merge(OmegaConf.create(ckpt["config"]), OmegaConf.from_dotlist(args.overrides))
-    ex = train.build_exec(cfg.trainer, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    ex = train.build_exec(cfg.trainer, distributed.resolve_device("auto"))
     data = train.build_data(cfg, rank=0, world_size=1)
     checkpoint.check_compatible(
         ckpt, train.arch_of(cfg, data.classes), data.classes, args.checkpoint

@@ -58,20 +58,25 @@ def _slurm_master_addr() -> str:
     return out.stdout.split()[0]
 
 
+def resolve_device(name: str, key: str = "trainer.device", local_rank: int = 0) -> torch.device:
+    """auto (CUDA when one is visible), cpu or cuda; `key` names the config key in errors."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"{key} must be auto, cpu or cuda, got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{key}=cuda but no CUDA device is visible; use {key}=cpu")
+    cuda = name == "cuda" or (name == "auto" and torch.cuda.is_available())
+    return torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+
+
 def setup(device: str = "auto") -> Dist:
     """Initialise the process group when launched as several processes; pick the device.
 
     device: auto (cuda if available), cpu or cuda. Backend: nccl on GPU, gloo on CPU.
     """
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"trainer.device must be auto, cpu or cuda, got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            "trainer.device=cuda but no CUDA device is visible; use trainer.device=cpu"
-        )
+    resolve_device(device)  # a bad value fails before any rank or rendezvous is read
     rank, world_size, local_rank, rendezvous = _env_ranks()
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    dev = resolve_device(device, local_rank=local_rank)
+    use_cuda = dev.type == "cuda"
     if use_cuda:
         torch.cuda.set_device(dev)
     if world_size > 1 and not dist.is_initialized():

@@ -38,7 +38,7 @@ from torch import nn
 from tqdm import tqdm
 
 import bnrepro  # noqa: F401  (registers bn_inception with timm)
-from bnrepro import checkpoint, data, train, transforms
+from bnrepro import checkpoint, data, distributed, train, transforms
 from bnrepro.bn_stats import recompute_bn_stats
 from bnrepro.config import CONFIG_DIR
 from bnrepro.crops import CROP_COUNTS, cut_crops
@@ -283,15 +283,6 @@ def evaluate(
 # ---- the app -----------------------------------------------------------------------------
 
 
-def _device(name: str) -> torch.device:
-    if name not in ("auto", "cpu", "cuda"):
-        raise EnsembleError(f"device must be auto, cpu or cuda, got {name!r}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise EnsembleError("device=cuda but no CUDA device is visible: use device=cpu")
-    cuda = name == "cuda" or (name == "auto" and torch.cuda.is_available())
-    return torch.device("cuda" if cuda else "cpu")
-
-
 def _pop_stats_models(members: list[Member], cfg: DictConfig, train_ds, ex: train.Exec) -> list:
     """Copies of the members with Algorithm 2's population statistics (the same N batches)."""
     loader = data.build_train_loader(cfg.data, train_ds, seed=cfg.seed, rank=0, world_size=1)
@@ -335,7 +326,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
         raise EnsembleError(f"crops must be one of {CROP_COUNTS}, got {cfg.crops}")
     if cfg.batch_crops < 1 or cfg.pop_stats_batches < 0:
         raise EnsembleError("batch_crops must be >= 1 and pop_stats_batches >= 0")
-    ex = train.build_exec(cfg, _device(cfg.device))
+    ex = train.build_exec(cfg, distributed.resolve_device(cfg.device, key="device"))
     specs = cfg.checkpoints
     paths = find_checkpoints(specs if isinstance(specs, str) else list(specs))
     members = [load_member(p) for p in paths]

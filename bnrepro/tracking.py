@@ -68,9 +68,7 @@ class Tracker:
         if not self.enabled:
             return None
         path = Path(run_dir) / "summary.json"
-        tmp = path.with_name("summary.json.tmp")
-        tmp.write_text(json.dumps(values, indent=2) + "\n")
-        os.replace(tmp, path)
+        _write_atomic(path, json.dumps(values, indent=2) + "\n")
         if self.wandb is not None:
             self.wandb.summary.update(values)
         return path
@@ -88,11 +86,15 @@ def _truncate(path: Path, images_seen: int) -> None:
     if not path.exists():
         return
     lines = path.read_text().splitlines(keepends=True)
-    keep = [line for line in lines if _images(line) is not None and _images(line) <= images_seen]
-    if len(keep) == len(lines):
-        return
+    keep = [line for line in lines if (n := _images(line)) is not None and n <= images_seen]
+    if len(keep) != len(lines):
+        _write_atomic(path, "".join(keep))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """A reader (or a crash) sees the old file or the new one, never half of one."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(keep))
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 

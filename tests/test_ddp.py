@@ -46,3 +46,14 @@ def test_two_cpu_ranks_train_one_model(tiny_overrides, tmp_path):
     train_rows = [(r["step"], r["images_seen"]) for r in rows if "train/loss" in r]
     assert train_rows == [(1, 32), (2, 64), (3, 96)]  # one line per step: one writer
     assert [r["images_seen"] for r in rows if "val/top1" in r] == [64, 96]  # every 48 images
+
+
+def test_resolve_device_names_the_key_in_its_errors():
+    from bnrepro.distributed import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(ValueError, match="device must be auto, cpu or cuda, got 'tpu'"):
+        resolve_device("tpu", key="device")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="trainer.device=cuda but no CUDA device"):
+            resolve_device("cuda")
