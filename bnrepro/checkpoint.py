@@ -1,4 +1,5 @@
-"""Checkpoints: atomic save, validated load, newest valid in a run folder, keep-last-K + best.
+"""Checkpoints: the format, its assembly and restore, atomic save, validated load, and the run
+folder's files (newest valid to resume from, keep-last-K + best).
 
 Format "bnrepro-checkpoint/1" (docs/DESIGN.md): a torch.save'd dict that `torch.load(...,
 weights_only=True)` reads (the numpy RNG state is stored as a tensor), so loading one runs no code.
@@ -9,19 +10,23 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from bnrepro.provenance import git_sha
+
 FORMAT = "bnrepro-checkpoint/1"
 
-# Keys that may change between a run and its resumption without making it another run: where the
-# data lives, how it is read, logged, evaluated and checkpointed, how long the run goes, and where
-# SLURM runs it (cluster.*, present under hydra/launcher=slurm only).
+# Keys that may change between a run and its resumption without making it another run: how it
+# runs (runtime.*: device, precision, compile), where the data lives and how it is read, how it is
+# logged, evaluated and checkpointed, how long it goes, and where SLURM runs it (cluster.*, present
+# under hydra/launcher=slurm only).
 _MAY_CHANGE = (
+    "runtime.",
     "trainer.",
     "logger.",
     "out_dir",
@@ -30,24 +35,84 @@ _MAY_CHANGE = (
     "data.decode",
     "cluster.",
 )
-# ... except these trainer keys, which change the optimisation itself.
-_MUST_MATCH = ("trainer.grad_accum", "trainer.amp")
+# ... except this trainer key, which changes the optimisation itself (the global batch).
+_MUST_MATCH = ("trainer.grad_accum",)
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used for this run; the message says why and what to do."""
 
 
-def git_sha() -> str | None:
-    """The commit of the code that wrote the checkpoint (None outside a git checkout)."""
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None
+@dataclass
+class Progress:
+    """Where a run is; saved in every checkpoint."""
+
+    images_seen: int = 0
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best: dict = field(default_factory=lambda: {"val/top1": 0.0, "val/top5": 0.0})
+    steps_to_target: float | None = None  # paper steps at the first val/top1 >= target
+
+
+def assemble(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,  # timm.scheduler.Scheduler: state_dict / load_state_dict
+    scaler: torch.amp.GradScaler,
+    progress: Progress,
+    *,
+    arch: dict,
+    classes: list[str],
+    config: dict,
+    wandb_run_id: str | None,
+    metrics: dict,
+) -> dict:
+    """The checkpoint dict of docs/DESIGN.md. `model` is the unwrapped module (no DDP or compile
+    prefixes); `metrics` is the last eval with the images_seen it was made at."""
+    return {
+        "format": FORMAT,
+        "arch": arch,
+        "classes": classes,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+        "rng": rng_state(),
+        "data": {"epoch": progress.epoch, "batch_in_epoch": progress.batch_in_epoch},
+        "images_seen": progress.images_seen,
+        "step": progress.step,
+        "best": dict(progress.best, steps_to_target=progress.steps_to_target),
+        "config": config,
+        "git_sha": git_sha(),
+        "wandb_run_id": wandb_run_id,
+        "metrics": metrics,
+    }
+
+
+def restore(
+    ckpt: dict,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    scaler: torch.amp.GradScaler,
+) -> Progress:
+    """Load a checkpoint's states into the run's objects (and the RNGs); returns its Progress."""
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    if ckpt["scaler"] is not None:
+        scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"])
+    best = dict(ckpt["best"])
+    return Progress(
+        images_seen=ckpt["images_seen"],
+        step=ckpt["step"],
+        epoch=ckpt["data"]["epoch"],
+        batch_in_epoch=ckpt["data"]["batch_in_epoch"],
+        steps_to_target=best.pop("steps_to_target", None),
+        best=best,
+    )
 
 
 def rng_state() -> dict:
@@ -171,6 +236,28 @@ class Checkpointer:
             except CheckpointError as e:
                 warnings.warn(f"skipping {e}", stacklevel=2)
         return None
+
+    def resume_point(
+        self, resume: str | None, config: dict, arch: dict, classes: list[str]
+    ) -> dict | None:
+        """The checkpoint a run continues from: `resume` (trainer.resume), else this folder's
+        newest valid one, else None. Refuses, before anything is written, a checkpoint of another
+        model or class list, or a folder that holds a run of another config."""
+        if resume:
+            path, ckpt = resume, load(resume)
+        elif found := self.newest_valid():
+            path, ckpt = found
+            diff = config_diff(ckpt["config"], config)
+            if diff:
+                raise CheckpointError(
+                    f"run folder {self.dir.parent} holds a run with another config (differs in: "
+                    f"{', '.join(diff)}). Use another out_dir or seed for a new run, or "
+                    f"trainer.resume={path} to continue that checkpoint with this config."
+                )
+        else:
+            return None
+        check_compatible(ckpt, arch, classes, path)
+        return ckpt
 
     def save(self, ckpt: dict, *, periodic: bool, best: bool) -> None:
         """periodic: write ckpt_<images>.pt and prune to the last keep_last; best: best.pt."""

@@ -6,9 +6,13 @@ as `bnrepro/configs/`. `CONFIG_DIR` is whichever exists, so Hydra apps work both
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig
+
+from bnrepro.paper import PAPER_BATCH
 
 _PKG = Path(__file__).resolve().parent
 CONFIG_DIR = str(_PKG / "configs" if (_PKG / "configs").is_dir() else _PKG.parent / "configs")
@@ -23,10 +27,18 @@ def compose(config_name: str = "train", overrides: list[str] | None = None) -> D
         return hydra_compose(config_name, overrides=overrides or [], return_hydra_config=False)
 
 
-def effective_lr(lr: float, global_batch: int, reference_batch: int = 32) -> float:
+def run_hydra_app(app: Callable[[], None], argv: list[str] | None) -> None:
+    """Run a @hydra.main function on `argv` (the command line after the program name; None =
+    the process's own): what every Hydra command's main(argv) does."""
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    app()
+
+
+def effective_lr(lr: float, global_batch: int) -> float:
     """The paper's LR belongs to a batch of 32; scale it linearly with the global batch
-    (Goyal et al. 2017; paper.md section 3)."""
-    return lr * global_batch / reference_batch
+    (Goyal et al. 2017; docs/paper.md section 3)."""
+    return lr * global_batch / PAPER_BATCH
 
 
 def model_kwargs(model_cfg: DictConfig, num_classes: int, in_chans: int) -> dict:

@@ -1,4 +1,5 @@
-"""Who am I in the job: rank, world size, device; DDP set-up and teardown; SLURM requeue.
+"""The job: who am I (rank, world size, device), DDP set-up and teardown, preemption signals and
+the SLURM requeue.
 
 The only module that reads RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT and SLURM_*.
 Order: torchrun's environment first, then SLURM's (srun, one task per GPU), else one process.
@@ -10,6 +11,7 @@ Order: torchrun's environment first, then SLURM's (srun, one task per GPU), else
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from dataclasses import dataclass
 
@@ -58,7 +60,7 @@ def _slurm_master_addr() -> str:
     return out.stdout.split()[0]
 
 
-def resolve_device(name: str, key: str = "trainer.device", local_rank: int = 0) -> torch.device:
+def resolve_device(name: str, key: str = "runtime.device", local_rank: int = 0) -> torch.device:
     """auto (CUDA when one is visible), cpu or cuda; `key` names the config key in errors."""
     if name not in ("auto", "cpu", "cuda"):
         raise ValueError(f"{key} must be auto, cpu or cuda, got {name!r}")
@@ -71,7 +73,7 @@ def resolve_device(name: str, key: str = "trainer.device", local_rank: int = 0) 
 def setup(device: str = "auto") -> Dist:
     """Initialise the process group when launched as several processes; pick the device.
 
-    device: auto (cuda if available), cpu or cuda. Backend: nccl on GPU, gloo on CPU.
+    runtime.device: auto (cuda if available), cpu or cuda. Backend: nccl on GPU, gloo on CPU.
     """
     resolve_device(device)  # a bad value fails before any rank or rendezvous is read
     rank, world_size, local_rank, rendezvous = _env_ranks()
@@ -138,3 +140,28 @@ def requeue_slurm_job() -> bool:
     if out.returncode != 0:
         print(f"warning: scontrol requeue {job_id} failed: {out.stderr.strip()}", flush=True)
     return out.returncode == 0
+
+
+class Preemption:
+    """Sets `requested` on SIGTERM or trainer.preempt_signal; the loop checks it every step.
+
+    Only the warning signal asks for a requeue: SIGTERM comes from `scancel`, a time-limit kill or
+    a cluster that requeues by itself, so the run checkpoints and stops without requeueing.
+    """
+
+    def __init__(self, signal_name: str) -> None:
+        self.warning = getattr(signal, f"SIG{signal_name.removeprefix('SIG')}")
+        self.signals = {signal.SIGTERM, self.warning}
+        self.requested = self.requeue = False
+
+    def __enter__(self) -> Preemption:
+        self.previous = {s: signal.signal(s, self._handle) for s in self.signals}
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.requested = True
+        self.requeue = self.requeue or signum == self.warning
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)

@@ -1,7 +1,7 @@
 """BN-Inception: the network of the paper's appendix (Figure 5), registered in timm as `bn_inception`.
 
 GoogLeNet with every 5x5 conv replaced by two 3x3 convs, three 28x28 modules, stride-2 modules (3c, 4e)
-instead of pooling between stages, average or max pooling inside modules. paper.md section 1 resolves
+instead of pooling between stages, average or max pooling inside modules. docs/paper.md section 1 resolves
 the printed table's defects; this file follows that resolution:
 - 4c/4d output 608 channels (their columns), so 4e outputs 1056;
 - conv1 is a plain 7x7 conv by default (the separable form is `separable_conv1=True`);
@@ -142,7 +142,7 @@ class BNInception(nn.Module):
         width_mult: scales every channel count, for small-scale runs.
         head_bn: per-activation BN on the classifier's input (the ensemble members, section 4.2.3).
         init_gain: multiplies the initial conv weights (the ensemble's "larger initial weights").
-        bn_eps, bn_momentum: BN's epsilon and running-average momentum (paper.md section 2, [ours]).
+        bn_eps, bn_momentum: BN's epsilon and running-average momentum (docs/paper.md section 2, [ours]).
         lrn_size, lrn_alpha, lrn_beta: GoogLeNet's LRN parameters.
     """
 

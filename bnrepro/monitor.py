@@ -11,6 +11,7 @@ Keys: monitor/<nonlinearity module name>/p15|p50|p85.
 from __future__ import annotations
 
 import torch
+from omegaconf import DictConfig
 from torch import nn
 
 from bnrepro.schedule import Every
@@ -70,3 +71,15 @@ class Monitor:
             out[f"monitor/{name}/p85"] = p85
         self.values.clear()
         return out
+
+
+def build_monitor(monitor_cfg: DictConfig, model: nn.Module, images_seen: int) -> Monitor | None:
+    """trainer.monitor's Monitor on `model`, or None when it names no layer."""
+    if not monitor_cfg.layers:
+        return None
+    return Monitor(
+        model,
+        list(monitor_cfg.layers),
+        every_images=monitor_cfg.every_images,
+        images_seen=images_seen,
+    )

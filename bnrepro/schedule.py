@@ -2,7 +2,7 @@
 
 - The LR: the paper's exponential decay, staircase (section 4.2: "decayed exponentially"):
       lr(images) = eff_lr * decay_rate ** floor(images / (decay_epochs * train_size))
-  with eff_lr = optim.lr x global batch / 32 (paper.md section 3) and, for large global batches, a
+  with eff_lr = optim.lr x global batch / 32 (docs/paper.md section 3) and, for large global batches, a
   linear warmup from warmup_lr_scale x eff_lr over warmup_images (Goyal et al. 2017) [ours].
   It is timm's StepLRScheduler with t = images seen (t_in_epochs=False, warmup counted inside the
   decay clock, warmup_prefix=False).

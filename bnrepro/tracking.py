@@ -4,8 +4,9 @@ One small interface, active on rank 0 only (other ranks get a tracker that does 
 metrics.jsonl is append-only, one JSON object per line (pandas.read_json(path, lines=True)); a
 resumed run first drops the lines past its checkpoint, so the file stays one curve without
 duplicates. The W&B run id is kept in the checkpoint; a resumed run passes it back with
-resume="allow" and continues the same W&B run (online; offline runs cannot be resumed, see
-ENVIRONMENT-NOTES). WANDB_API_KEY / WANDB_ENTITY / WANDB_DIR from the environment work as usual.
+resume="allow" and continues the same W&B run (online; wandb cannot resume an offline run: it
+writes a second offline-run folder). WANDB_API_KEY / WANDB_ENTITY / WANDB_DIR from the environment
+work as usual.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-PAPER_BATCH = 32  # the paper counts steps of 32 images (section 4.2)
+from bnrepro.paper import PAPER_BATCH
 
 
 class Tracker:

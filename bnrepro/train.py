@@ -11,72 +11,36 @@ Everything is counted in images (paper steps = images / 32). Running the same co
 same run folder resumes from its newest valid checkpoint; trainer.resume=PATH resumes from a file.
 On trainer.preempt_signal (SLURM's warning, USR2) the run checkpoints, requeues itself under SLURM
 and exits 0; on SIGTERM (scancel, a time-limit kill) it checkpoints and exits 0 without requeueing.
+
+`start` builds a Session (everything the run holds), `train` is the loop, `evaluate_and_save` the
+one place that evaluates and checkpoints, `finish` writes the summary.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import random
 import signal
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
-import numpy as np
-import timm
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
+from timm.scheduler.scheduler import Scheduler
 from torch import nn
 from tqdm import tqdm
 
-import bnrepro  # noqa: F401  (registers bn_inception with timm)
-from bnrepro import checkpoint, data, distributed, schedule
-from bnrepro.bn_stats import average_bn_stats, recompute_bn_stats
-from bnrepro.checkpoint import Checkpointer, CheckpointError
-from bnrepro.config import CONFIG_DIR, effective_lr, model_kwargs
-from bnrepro.metrics import topk_correct
-from bnrepro.monitor import Monitor
-from bnrepro.tracking import PAPER_BATCH, Tracker
-
-
-@dataclass
-class Data:
-    classes: list[str]
-    train_ds: torch.utils.data.Dataset
-    train_loader: torch.utils.data.DataLoader
-    val_loader: torch.utils.data.DataLoader
-
-
-@dataclass(frozen=True)
-class Exec:
-    """How tensors run: device, autocast dtype (None = fp32), memory format."""
-
-    device: torch.device
-    amp_dtype: torch.dtype | None
-    channels_last: bool
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        enabled = self.amp_dtype is not None
-        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=enabled)
-
-    def inputs(self, images: torch.Tensor, data_cfg: DictConfig) -> torch.Tensor:
-        images = images.to(self.device, non_blocking=True)  # uint8 until here: 4x less to copy
-        return data.normalize(images, data_cfg, channels_last=self.channels_last)
-
-
-@dataclass
-class Progress:
-    """Where the run is; saved in every checkpoint."""
-
-    images_seen: int = 0
-    step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0
-    best: dict = field(default_factory=lambda: {"val/top1": 0.0, "val/top5": 0.0})
-    steps_to_target: float | None = None  # paper steps at the first val/top1 >= target
+from bnrepro import checkpoint, distributed, engine, schedule
+from bnrepro.checkpoint import Checkpointer, Progress
+from bnrepro.config import CONFIG_DIR, effective_lr, run_hydra_app
+from bnrepro.data import skipped_files
+from bnrepro.evaluation import bn_stats
+from bnrepro.monitor import Monitor, build_monitor
+from bnrepro.paper import PAPER_BATCH
+from bnrepro.tracking import Tracker
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -94,41 +58,6 @@ def check_config(cfg: DictConfig) -> None:
         raise ValueError(f"trainer.preempt_signal={t.preempt_signal!r} is no signal (e.g. USR2)")
 
 
-def build_data(cfg: DictConfig, *, rank: int, world_size: int) -> Data:
-    train_ds, val_ds, classes = data.build_datasets(cfg.data)
-    return Data(
-        classes=list(classes),
-        train_ds=train_ds,
-        train_loader=data.build_train_loader(
-            cfg.data, train_ds, seed=cfg.seed, rank=rank, world_size=world_size
-        ),
-        val_loader=data.build_val_loader(cfg.data, val_ds, rank=rank, world_size=world_size),
-    )
-
-
-def arch_of(cfg: DictConfig, classes: list[str]) -> dict:
-    """What rebuilds the network: timm name + keyword arguments (stored in checkpoints)."""
-    kwargs = model_kwargs(cfg.model, len(classes), cfg.data.in_chans)
-    return {"name": cfg.model.name, "kwargs": OmegaConf.to_container(OmegaConf.create(kwargs))}
-
-
-def build_model(cfg: DictConfig, classes: list[str]) -> nn.Module:
-    arch = arch_of(cfg, classes)
-    return timm.create_model(arch["name"], **arch["kwargs"])
-
-
-def build_exec(trainer_cfg: DictConfig, device: torch.device) -> Exec:
-    cuda = device.type == "cuda"
-    amp = trainer_cfg.amp if trainer_cfg.amp != "auto" else ("bf16" if cuda else "none")
-    dtypes = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if amp not in dtypes or (amp == "fp16" and not cuda):
-        raise ValueError(f"trainer.amp={amp!r}: use auto, none, bf16 (CPU or GPU) or fp16 (GPU)")
-    if cuda and trainer_cfg.tf32:  # TF32 matmul/conv on Ampere+: ~fp32 accuracy, much faster
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    channels_last = cuda if trainer_cfg.channels_last == "auto" else bool(trainer_cfg.channels_last)
-    return Exec(device, dtypes[amp], channels_last)
-
-
 def build_optimizer(model: nn.Module, optim_cfg: DictConfig, lr: float) -> torch.optim.SGD:
     # optim.decay_bn_and_bias=false [ours]: L2 on conv/linear weights only (ndim > 1), as
     # GoogLeNet's Caffe model (biases: decay_mult 0) and TF-slim; not on biases or BN's gamma/beta.
@@ -142,146 +71,151 @@ def build_optimizer(model: nn.Module, optim_cfg: DictConfig, lr: float) -> torch
     return torch.optim.SGD(groups, lr=lr, momentum=optim_cfg.momentum, nesterov=optim_cfg.nesterov)
 
 
-def wrap_model(model: nn.Module, cfg: DictConfig, d: distributed.Dist, ex: Exec) -> nn.Module:
+def wrap_model(
+    model: nn.Module, cfg: DictConfig, dist: distributed.Dist, runtime: engine.Runtime
+) -> nn.Module:
     """The module the step calls: SyncBN (model.sync_bn), DDP, torch.compile, as configured."""
-    if ex.channels_last:
+    if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
-    if d.enabled:
+    if dist.enabled:
         if cfg.model.sync_bn:  # changes the science: the paper normalises per replica (4.2)
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        ids = [d.device.index] if d.device.type == "cuda" else None
+        ids = [dist.device.index] if dist.device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    return torch.compile(model) if cfg.trainer.compile else model
+    return torch.compile(model) if runtime.compile else model
 
 
-def find_checkpoint(cfg: DictConfig, ckpts: Checkpointer, arch: dict, classes: list) -> dict | None:
-    """trainer.resume, else the run folder's newest valid checkpoint, else None; refuses (before
-    anything is written) a checkpoint of another model/class list or a folder of another run."""
-    if cfg.trainer.resume:
-        path, ckpt = cfg.trainer.resume, checkpoint.load(cfg.trainer.resume)
-    elif found := ckpts.newest_valid():
-        path, ckpt = found
-        diff = checkpoint.config_diff(ckpt["config"], OmegaConf.to_container(cfg, resolve=True))
-        if diff:
-            raise CheckpointError(
-                f"run folder {ckpts.dir.parent} holds a run with another config (differs in: "
-                f"{', '.join(diff)}). Use another out_dir or seed for a new run, or "
-                f"trainer.resume={path} to continue that checkpoint with this config."
-            )
-    else:
-        return None
-    checkpoint.check_compatible(ckpt, arch, classes, path)
-    return ckpt
+@dataclass
+class Session:
+    """Everything a run holds: built by `start`, then advanced by `train`."""
+
+    cfg: DictConfig
+    run_dir: Path
+    dist: distributed.Dist
+    runtime: engine.Runtime
+    data: engine.Data
+    model: nn.Module  # the unwrapped network: evaluated and checkpointed
+    step_model: nn.Module  # what a step calls: `model` under SyncBN / DDP / torch.compile
+    optimizer: torch.optim.Optimizer
+    scheduler: Scheduler
+    scaler: torch.amp.GradScaler
+    checkpointer: Checkpointer
+    tracker: Tracker
+    monitor: Monitor | None
+    progress: Progress
+    global_batch: int
+    metrics: dict  # the last evaluation's val/* (and val_popstats/*)
+    last_eval: int  # images_seen of the last evaluation (-1: none yet)
+    last_save: int  # images_seen of the last periodic checkpoint
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+def start(cfg: DictConfig, run_dir: Path) -> Session:
+    """Set up the job, build everything, resume from a checkpoint if there is one."""
+    dist = distributed.setup(cfg.runtime.device)
+    runtime = engine.build_runtime(cfg.runtime, cfg.data, dist.device)
+    engine.seed_everything(cfg.seed)  # the same initial weights on every rank
+    data = engine.build_data(cfg, rank=dist.rank, world_size=dist.world_size)
+    global_batch = cfg.data.batch_size * dist.world_size * cfg.trainer.grad_accum
+    lr = effective_lr(cfg.optim.lr, global_batch)
+    model = engine.build_model(cfg, data.classes)
+    checkpointer = Checkpointer(run_dir, keep_last=cfg.trainer.keep_last)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    arch = engine.arch_of(cfg, data.classes)
+    ckpt = checkpointer.resume_point(cfg.trainer.resume, config, arch, data.classes)
+    model.to(runtime.device)
+    optimizer = build_optimizer(model, cfg.optim, lr)
+    scheduler = schedule.build_scheduler(optimizer, cfg.optim, global_batch, len(data.train_ds))
+    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
+    progress = checkpoint.restore(ckpt, model, optimizer, scheduler, scaler) if ckpt else Progress()
+    if ckpt is None or dist.rank > 0:  # a resumed rank 0 continues its saved RNG stream
+        engine.seed_everything(cfg.seed + 1000 * dist.rank + progress.step)
+    metrics = dict(ckpt["metrics"]) if ckpt else {}  # the last eval, and when it was made
+    last_eval = metrics.pop("images_seen", -1)
+    tracker = Tracker(
+        cfg,
+        run_dir,
+        enabled=dist.is_main,
+        images_seen=progress.images_seen,
+        wandb_run_id=ckpt["wandb_run_id"] if ckpt else None,
+    )
+    if dist.is_main:
+        resumed = f" | resumed at {progress.images_seen} images" if ckpt else ""
+        print(f"run folder {run_dir} | {cfg.experiment_name} | effective LR {lr:g} (optim.lr "
+              f"{cfg.optim.lr:g} x {global_batch}/{PAPER_BATCH}) | global batch {global_batch} "
+              f"| device {runtime.device} | world {dist.world_size}{resumed}", flush=True)  # fmt: skip
+    return Session(
+        cfg, run_dir, dist, runtime, data, model,
+        step_model=wrap_model(model, cfg, dist, runtime),
+        optimizer=optimizer, scheduler=scheduler, scaler=scaler, checkpointer=checkpointer,
+        tracker=tracker, monitor=build_monitor(cfg.trainer.monitor, model, progress.images_seen),
+        progress=progress, global_batch=global_batch,
+        metrics=metrics, last_eval=last_eval, last_save=progress.images_seen,
+    )  # fmt: skip
 
 
-def batches(loader: torch.utils.data.DataLoader, epoch: int, start_batch: int):
-    """Endless (epoch, batches done in that epoch, images, labels), from a saved data position."""
-    while True:
-        loader.sampler.set_epoch(epoch, start_batch=start_batch)
-        # iter() draws worker seeds from the global RNG: fork it, so that the training randomness
-        # (dropout) does not depend on where a run was resumed.
-        with torch.random.fork_rng(devices=[]):
-            iterator = iter(loader)
-        for position, (images, labels) in enumerate(iterator, start=start_batch + 1):
-            yield epoch, position, images, labels
-        epoch, start_batch = epoch + 1, 0
-
-
-def model_inputs(loader: torch.utils.data.DataLoader, cfg: DictConfig, ex: Exec):
-    """Normalised training inputs, for Algorithm 2 (bn_stats)."""
-    for _, _, images, _ in batches(loader, 0, 0):
-        yield ex.inputs(images, cfg.data)
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    loader: torch.utils.data.DataLoader,
-    cfg: DictConfig,
-    ex: Exec,
-    d: distributed.Dist | None = None,
-) -> dict:
-    """Single-centre-crop val loss, top-1, top-5 (fractions), summed over ranks."""
-    if d is not None:
-        distributed.broadcast_buffers(model, d)  # every rank evaluates rank 0's model
-    was_training = model.training
-    model.eval()
-    totals = torch.zeros(4, dtype=torch.float64, device=ex.device)  # loss, top1, top5, count
-    limit = cfg.trainer.eval_max_images
-    with torch.random.fork_rng(devices=[]):  # evaluating must not shift the training randomness
-        for images, labels in loader:
-            labels = labels.to(ex.device, non_blocking=True)
-            with ex.autocast():
-                logits = model(ex.inputs(images, cfg.data)).float()
-            correct = topk_correct(logits, labels, ks=(1, 5))
-            loss = F.cross_entropy(logits, labels, reduction="sum")
-            totals[0] += loss
-            totals[1] += correct[1].sum()
-            totals[2] += correct[5].sum()
-            totals[3] += len(labels)
-            if limit and totals[3] * (d.world_size if d else 1) >= limit:
-                break
-    if d is not None:
-        distributed.all_sum(totals, d)
-    model.train(was_training)
-    loss, top1, top5, n = totals.tolist()
-    return {"val/loss": loss / n, "val/top1": top1 / n, "val/top5": top5 / n}
-
-
-class Preemption:
-    """Sets `requested` on SIGTERM or trainer.preempt_signal; the loop checks it every step.
-
-    Only the warning signal asks for a requeue: SIGTERM comes from `scancel`, a time-limit kill or
-    a cluster that requeues by itself, so the run checkpoints and stops without requeueing.
-    """
-
-    def __init__(self, signal_name: str) -> None:
-        self.warning = getattr(signal, f"SIG{signal_name.removeprefix('SIG')}")
-        self.signals = {signal.SIGTERM, self.warning}
-        self.requested = self.requeue = False
-
-    def __enter__(self) -> Preemption:
-        self.previous = {s: signal.signal(s, self._handle) for s in self.signals}
-        return self
-
-    def _handle(self, signum: int, frame: object) -> None:
-        self.requested = True
-        self.requeue = self.requeue or signum == self.warning
-
-    def __exit__(self, *exc: object) -> None:
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
+def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
+    """Train as configured; returns the run summary (also written to <run_dir>/summary.json).
+    run_dir defaults to <out_dir>/<run_name> (Hydra's run folder; main() passes Hydra's own)."""
+    check_config(cfg)
+    run_dir = Path(run_dir or Path(cfg.out_dir) / cfg.run_name)
+    with distributed.Preemption(cfg.trainer.preempt_signal) as preemption:  # no signal lost
+        s = start(cfg, run_dir)
+        t, p = cfg.trainer, s.progress
+        logging, evaluating, saving = (schedule.Every(n, p.images_seen) for n in
+                                       (t.log_every_images, t.eval_every_images, t.ckpt_every_images))  # fmt: skip
+        stats = torch.zeros(3, device=s.runtime.device)  # loss sum, top-1 sum, images since log
+        data_iter = engine.training_batches(s.data.train_loader, p.epoch, p.batch_in_epoch)
+        bar = tqdm(total=t.max_images, initial=p.images_seen, unit="img", unit_scale=True,
+                   disable=not (s.dist.is_main and s.cfg.runtime.progress), dynamic_ncols=True)  # fmt: skip
+        clock, preempted = time.perf_counter(), False
+        while p.images_seen < t.max_images and not preempted:
+            s.scheduler.step_update(p.images_seen)  # the LR for this step
+            armed = s.monitor is not None and s.monitor.arm(p.images_seen)
+            p.epoch, p.batch_in_epoch = train_step(
+                s.step_model, data_iter, s.optimizer, s.scaler, s.runtime, stats,
+                grad_accum=t.grad_accum,
+            )  # fmt: skip
+            p.images_seen += s.global_batch
+            p.step += 1
+            bar.update(s.global_batch)
+            if logging.due(p.images_seen):
+                row, clock = train_row(s, stats, clock)
+                bar.set_postfix(loss=f"{row['train/loss']:.3f}", refresh=False)
+                s.tracker.log(row, step=p.step, images_seen=p.images_seen)
+            if armed:
+                s.tracker.log(s.monitor.collect(), step=p.step, images_seen=p.images_seen)
+            preempted = distributed.any_rank(preemption.requested, s.dist)  # all ranks agree
+            save = saving.due(p.images_seen) or preempted
+            evaluate_and_save(s, evaluate=evaluating.due(p.images_seen), save=save)
+        bar.close()
+        if not preempted:  # the final evaluation and checkpoint, unless made at this point
+            evaluate_and_save(s, evaluate=True, save=True, final=True)
+        return finish(s, preempted=preempted, requeue=preemption.requeue)
 
 
 def train_step(
     model: nn.Module,
-    data_iter,
+    data_iter: Iterator,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
-    cfg: DictConfig,
-    ex: Exec,
+    runtime: engine.Runtime,
     stats: torch.Tensor,
+    *,
+    grad_accum: int = 1,
 ) -> tuple[int, int]:
-    """One optimizer step over trainer.grad_accum micro-batches; adds loss/top1/count to `stats`
+    """One optimizer step over `grad_accum` micro-batches; adds loss/top1/count to `stats`
     (no host sync here); returns the data position after it (epoch, batch_in_epoch)."""
-    accum = cfg.trainer.grad_accum
     optimizer.zero_grad(set_to_none=True)
-    for micro in range(accum):
+    for micro in range(grad_accum):
         epoch, position, images, labels = next(data_iter)
-        labels = labels.to(ex.device, non_blocking=True)
-        x = ex.inputs(images, cfg.data)
+        labels = labels.to(runtime.device, non_blocking=True)
+        inputs = runtime.inputs(images)
         # Under DDP, all-reduce gradients only on the last micro-batch.
-        no_sync = micro < accum - 1 and hasattr(model, "no_sync")
-        with model.no_sync() if no_sync else contextlib.nullcontext(), ex.autocast():
-            logits = model(x)
+        no_sync = micro < grad_accum - 1 and hasattr(model, "no_sync")
+        with model.no_sync() if no_sync else contextlib.nullcontext(), runtime.autocast():
+            logits = model(inputs)
             loss = F.cross_entropy(logits.float(), labels)
-        scaler.scale(loss / accum).backward()
+        scaler.scale(loss / grad_accum).backward()
         with torch.no_grad():
             stats[0] += loss.detach() * len(labels)
             stats[1] += (logits.argmax(1) == labels).sum()
@@ -291,218 +225,85 @@ def train_step(
     return epoch, position
 
 
-def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
-    """Train as configured; returns the run summary (also written to <run_dir>/summary.json).
-    run_dir defaults to <out_dir>/<run_name> (Hydra's run folder; main() passes Hydra's own)."""
-    check_config(cfg)
-    with Preemption(cfg.trainer.preempt_signal) as preemption:  # from the start: no signal lost
-        return run(cfg, Path(run_dir or Path(cfg.out_dir) / cfg.run_name), preemption)
-
-
-def run(cfg: DictConfig, run_dir: Path, preemption: Preemption) -> dict:
-    """train()'s body: build, resume, loop, finish."""
-    d = distributed.setup(cfg.trainer.device)
-    ex = build_exec(cfg.trainer, d.device)
-    seed_everything(cfg.seed)  # the same initial weights on every rank
-    dat = build_data(cfg, rank=d.rank, world_size=d.world_size)
-    global_batch = cfg.data.batch_size * d.world_size * cfg.trainer.grad_accum
-    lr = effective_lr(cfg.optim.lr, global_batch, cfg.optim.reference_batch)
-    model = build_model(cfg, dat.classes)
-    ckpts = Checkpointer(run_dir, keep_last=cfg.trainer.keep_last)
-    ckpt = find_checkpoint(cfg, ckpts, arch_of(cfg, dat.classes), dat.classes)
-    model.to(ex.device)
-    optimizer = build_optimizer(model, cfg.optim, lr)
-    scheduler = schedule.build_scheduler(optimizer, cfg.optim, global_batch, len(dat.train_ds))
-    scaler = torch.amp.GradScaler(ex.device.type, enabled=ex.amp_dtype == torch.float16)
-    p = restore(ckpt, model, optimizer, scheduler, scaler) if ckpt else Progress()
-    if ckpt is None or d.rank > 0:  # a resumed rank 0 continues its saved RNG stream
-        seed_everything(cfg.seed + 1000 * d.rank + p.step)
-    step_model = wrap_model(model, cfg, d, ex)
-    run_id = ckpt["wandb_run_id"] if ckpt else None
-    tracker = Tracker(
-        cfg, run_dir, enabled=d.is_main, images_seen=p.images_seen, wandb_run_id=run_id
-    )
-    monitor = build_monitor(cfg, model, p.images_seen)
-    t = cfg.trainer
-    logging, evaluating, saving = (schedule.Every(n, p.images_seen) for n in
-                                   (t.log_every_images, t.eval_every_images, t.ckpt_every_images))  # fmt: skip
-    if d.is_main:
-        resumed = f" | resumed at {p.images_seen} images" if ckpt else ""
-        print(f"run folder {run_dir} | {cfg.experiment_name} | effective LR {lr:g} (optim.lr "
-              f"{cfg.optim.lr:g} x {global_batch}/{cfg.optim.reference_batch}) | global batch "
-              f"{global_batch} | device {ex.device} | world {d.world_size}{resumed}", flush=True)  # fmt: skip
-
-    def save(metrics: dict, *, periodic: bool, best: bool) -> None:
-        if d.is_main:
-            state = make_checkpoint(model, optimizer, scheduler, scaler, p, cfg, dat, tracker)
-            state["metrics"] = dict(metrics, images_seen=last_eval)  # the last eval, and when
-            ckpts.save(state, periodic=periodic, best=best)
-
-    stats = torch.zeros(3, device=ex.device)  # train loss sum, top-1 sum, images since last log
-    metrics = dict(ckpt["metrics"]) if ckpt else {}
-    last_eval, last_save, preempted = metrics.pop("images_seen", -1), p.images_seen, False
-    data_iter = batches(dat.train_loader, p.epoch, p.batch_in_epoch)
-    bar = tqdm(total=t.max_images, initial=p.images_seen, unit="img", unit_scale=True,
-               disable=not (d.is_main and t.progress), dynamic_ncols=True)  # fmt: skip
-    clock = time.perf_counter()
-    while p.images_seen < t.max_images and not preempted:
-        scheduler.step_update(p.images_seen)
-        armed = monitor is not None and monitor.arm(p.images_seen)
-        p.epoch, p.batch_in_epoch = train_step(
-            step_model, data_iter, optimizer, scaler, cfg, ex, stats
-        )
-        p.images_seen += global_batch
-        p.step += 1
-        bar.update(global_batch)
-        if logging.due(p.images_seen):
-            row, clock = train_row(stats, optimizer, d, clock)
-            row["data/skipped"] = data.skipped_files(dat.train_ds)  # unreadable files so far
-            bar.set_postfix(loss=f"{row['train/loss']:.3f}", refresh=False)
-            tracker.log(row, step=p.step, images_seen=p.images_seen)
-        if armed:
-            tracker.log(monitor.collect(), step=p.step, images_seen=p.images_seen)
-        best = False
-        if evaluating.due(p.images_seen):
-            metrics, best = record_eval(
-                evaluate(model, dat.val_loader, cfg, ex, d), p, cfg, tracker
-            )
-            last_eval = p.images_seen
-        preempted = distributed.any_rank(preemption.requested, d)
-        periodic = saving.due(p.images_seen) or preempted
-        if periodic or best:
-            save(metrics, periodic=periodic, best=best)
-            last_save = p.images_seen if periodic else last_save
-    bar.close()
-    if not preempted:
-        best = False
-        if last_eval != p.images_seen:
-            metrics, best = record_eval(
-                evaluate(model, dat.val_loader, cfg, ex, d), p, cfg, tracker
-            )
-        if t.pop_stats_batches and "val_popstats/top1" not in metrics:
-            popstats = popstats_eval(model, dat, cfg, ex, d)
-            tracker.log(popstats, step=p.step, images_seen=p.images_seen)
-            metrics = metrics | popstats
-        if last_save != p.images_seen or best:
-            save(metrics, periodic=last_save != p.images_seen, best=best)
-    requeued = preempted and preemption.requeue and d.is_main and distributed.requeue_slurm_job()
-    summary = make_summary(cfg, p, metrics, preempted=preempted, requeued=requeued)
-    summary_path = tracker.summary(summary, run_dir)
-    tracker.close()
-    distributed.barrier(d)  # every rank leaves together, after rank 0's files are written
-    distributed.teardown()
-    if d.is_main:
-        outcome = "done" if not preempted else "preempted: checkpointed" + ", requeued" * requeued
-        print(f"{outcome} at {p.images_seen} images ({p.images_seen / PAPER_BATCH:g} paper steps). "
-              f"Run folder {run_dir}: metrics {tracker.path}, checkpoints {ckpts.dir}, "
-              f"summary {summary_path}", flush=True)  # fmt: skip
-    return summary
-
-
-def train_row(
-    stats: torch.Tensor, optimizer, d: distributed.Dist, since: float
-) -> tuple[dict, float]:
+def train_row(s: Session, stats: torch.Tensor, since: float) -> tuple[dict, float]:
     """Train metrics since the last log, over all ranks (one host sync per log, not per step)."""
-    loss, top1, n = distributed.all_sum(stats, d).tolist()
+    loss, top1, n = distributed.all_sum(stats, s.dist).tolist()
     stats.zero_()
     now = time.perf_counter()
     row = {
         "train/loss": loss / n,
         "train/top1": top1 / n,
-        "train/lr": optimizer.param_groups[0]["lr"],
+        "train/lr": s.optimizer.param_groups[0]["lr"],
         "train/images_per_s": n / (now - since),
+        "data/skipped": skipped_files(s.data.train_ds),  # unreadable files so far
     }
     return row, now
 
 
-def record_eval(metrics: dict, p: Progress, cfg: DictConfig, tracker: Tracker) -> tuple[dict, bool]:
-    """Log an eval; update the best and steps_to_target; True if it is a new best."""
-    tracker.log(metrics, step=p.step, images_seen=p.images_seen)
-    if p.steps_to_target is None and metrics["val/top1"] >= cfg.trainer.target_top1:
-        p.steps_to_target = p.images_seen / PAPER_BATCH
-    best = metrics["val/top1"] > p.best["val/top1"]
-    if best:
-        p.best = {"val/top1": metrics["val/top1"], "val/top5": metrics["val/top5"]}
-    return metrics, best
-
-
-def popstats_eval(model: nn.Module, dat: Data, cfg: DictConfig, ex: Exec, d) -> dict:
-    """Algorithm 2 on a copy of the model (training continues from the moving averages), then eval."""
-    with torch.random.fork_rng(devices=[]):
-        pop = recompute_bn_stats(
-            copy.deepcopy(model),
-            model_inputs(dat.train_loader, cfg, ex),
-            cfg.trainer.pop_stats_batches,
+def evaluate_and_save(s: Session, *, evaluate: bool, save: bool, final: bool = False) -> None:
+    """Evaluate if asked (once per point), then checkpoint: ckpt_<images>.pt if `save` (once per
+    point), best.pt on a new best val top-1. `final` adds Algorithm 2's population statistics
+    (trainer.pop_stats_batches) to the last evaluation."""
+    p, t = s.progress, s.cfg.trainer
+    best = False
+    if evaluate and s.last_eval != p.images_seen:
+        s.metrics = engine.evaluate(
+            s.model, s.data.val_loader, s.runtime, max_images=t.eval_max_images, dist=s.dist
         )
-    if d.enabled:
-        average_bn_stats(pop, lambda x: distributed.all_sum(x, d))
-    return {
-        k.replace("val/", "val_popstats/"): v
-        for k, v in evaluate(pop, dat.val_loader, cfg, ex, d).items()
-    }
+        s.last_eval = p.images_seen
+        s.tracker.log(s.metrics, step=p.step, images_seen=p.images_seen)
+        if p.steps_to_target is None and s.metrics["val/top1"] >= t.target_top1:
+            p.steps_to_target = p.images_seen / PAPER_BATCH
+        best = s.metrics["val/top1"] > p.best["val/top1"]
+        if best:
+            p.best = {"val/top1": s.metrics["val/top1"], "val/top5": s.metrics["val/top5"]}
+    if final and t.pop_stats_batches and "val_popstats/top1" not in s.metrics:
+        popstats = bn_stats.population_eval(
+            s.model, s.data, s.runtime, t.pop_stats_batches,
+            max_images=t.eval_max_images, dist=s.dist,
+        )  # fmt: skip
+        s.tracker.log(popstats, step=p.step, images_seen=p.images_seen)
+        s.metrics = s.metrics | popstats
+    periodic = save and s.last_save != p.images_seen
+    if (periodic or best) and s.dist.is_main:
+        state = checkpoint.assemble(
+            s.model, s.optimizer, s.scheduler, s.scaler, p,
+            arch=engine.arch_of(s.cfg, s.data.classes), classes=s.data.classes,
+            config=OmegaConf.to_container(s.cfg, resolve=True), wandb_run_id=s.tracker.run_id,
+            metrics=dict(s.metrics, images_seen=s.last_eval),  # the last eval, and when
+        )  # fmt: skip
+        s.checkpointer.save(state, periodic=periodic, best=best)
+    if periodic:
+        s.last_save = p.images_seen
 
 
-def build_monitor(cfg: DictConfig, model: nn.Module, images_seen: int) -> Monitor | None:
-    m = cfg.trainer.monitor
-    if not m.layers:
-        return None
-    return Monitor(model, list(m.layers), every_images=m.every_images, images_seen=images_seen)
-
-
-def make_checkpoint(
-    model, optimizer, scheduler, scaler, p: Progress, cfg, dat: Data, tracker
-) -> dict:
-    """The checkpoint dict of docs/DESIGN.md (model unwrapped: no DDP/compile prefixes)."""
-    return {
-        "format": checkpoint.FORMAT,
-        "arch": arch_of(cfg, dat.classes),
-        "classes": dat.classes,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-        "rng": checkpoint.rng_state(),
-        "data": {"epoch": p.epoch, "batch_in_epoch": p.batch_in_epoch},
-        "images_seen": p.images_seen,
-        "step": p.step,
-        "best": dict(p.best, steps_to_target=p.steps_to_target),
-        "config": OmegaConf.to_container(cfg, resolve=True),
-        "git_sha": checkpoint.git_sha(),
-        "wandb_run_id": tracker.run_id,
-    }
-
-
-def restore(ckpt: dict, model, optimizer, scheduler, scaler) -> Progress:
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
-    if ckpt["scaler"] is not None:
-        scaler.load_state_dict(ckpt["scaler"])
-    checkpoint.set_rng_state(ckpt["rng"])
-    best = dict(ckpt["best"])
-    return Progress(
-        images_seen=ckpt["images_seen"],
-        step=ckpt["step"],
-        epoch=ckpt["data"]["epoch"],
-        batch_in_epoch=ckpt["data"]["batch_in_epoch"],
-        steps_to_target=best.pop("steps_to_target", None),
-        best=best,
-    )
-
-
-def make_summary(cfg: DictConfig, p: Progress, metrics: dict, **extra) -> dict:
-    return {
+def finish(s: Session, *, preempted: bool, requeue: bool) -> dict:
+    """Requeue under SLURM if asked, write summary.json, close, and say where everything is."""
+    p = s.progress
+    requeued = preempted and requeue and s.dist.is_main and distributed.requeue_slurm_job()
+    summary = {
         "best/val/top1": p.best["val/top1"],
         "best/val/top5": p.best["val/top5"],
         "steps_to_target": p.steps_to_target,
-        "target_top1": cfg.trainer.target_top1,
+        "target_top1": s.cfg.trainer.target_top1,
         "images_seen": p.images_seen,
         "paper_steps": p.images_seen / PAPER_BATCH,
-        "experiment_name": cfg.experiment_name,
-        "seed": cfg.seed,
-        **metrics,
-        **extra,
+        "experiment_name": s.cfg.experiment_name,
+        "seed": s.cfg.seed,
+        **s.metrics,
+        "preempted": preempted,
+        "requeued": requeued,
     }
+    summary_path = s.tracker.summary(summary, s.run_dir)
+    s.tracker.close()
+    distributed.barrier(s.dist)  # every rank leaves together, after rank 0's files are written
+    distributed.teardown()
+    if s.dist.is_main:
+        outcome = "done" if not preempted else "preempted: checkpointed" + ", requeued" * requeued
+        print(f"{outcome} at {p.images_seen} images ({p.images_seen / PAPER_BATCH:g} paper steps). "
+              f"Run folder {s.run_dir}: metrics {s.tracker.path}, checkpoints "
+              f"{s.checkpointer.dir}, summary {summary_path}", flush=True)  # fmt: skip
+    return summary
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
@@ -516,9 +317,10 @@ def _hydra_main(cfg: DictConfig) -> None:
         raise SystemExit(0)
 
 
-def main() -> None:
-    """bnrepro-train (a preempted run exits 0 too: it has checkpointed and, under SLURM, requeued)."""
-    _hydra_main()
+def main(argv: list[str] | None = None) -> None:
+    """bnrepro-train [overrides] (a preempted run exits 0 too: it has checkpointed and, under
+    SLURM, requeued)."""
+    run_hydra_app(_hydra_main, argv)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from bnrepro.data import ImageFiles, Split
-from bnrepro.transforms import Augment, TrainTransform
+from bnrepro.data.transforms import Augment, TrainTransform
 
 
 def make_jpegs(folder: Path, n: int, seed: int = 0) -> list[Path]:

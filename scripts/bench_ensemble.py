@@ -25,9 +25,11 @@ import numpy as np
 import timm
 import torch
 
-from bnrepro import data, ensemble, train
+from bnrepro import engine
 from bnrepro.config import compose
-from bnrepro.crops import cut_crops
+from bnrepro.data import build_datasets
+from bnrepro.evaluation import ensemble
+from bnrepro.evaluation.crops import cut_crops
 
 
 def main() -> None:
@@ -55,9 +57,9 @@ def main() -> None:
         f"data.synthetic.max_side={round(args.resolution * 2.5)}",
         f"data.synthetic.val_per_class={-(-args.images // 10)}", "data.synthetic.train_per_class=4",
     ])  # fmt: skip
-    _, val_ds, classes = data.build_datasets(cfg.data)
+    _, val_ds, classes = build_datasets(cfg.data)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    ex = train.build_exec(cfg, device)
+    runtime = engine.build_runtime(cfg.runtime, cfg.data, device)
     models = []
     for seed in range(args.members):
         torch.manual_seed(seed)
@@ -65,28 +67,27 @@ def main() -> None:
         models.append(
             m.eval().to(
                 device,
-                memory_format=torch.channels_last if ex.channels_last else torch.contiguous_format,
+                memory_format=torch.channels_last
+                if runtime.channels_last
+                else torch.contiguous_format,
             )
         )
 
     images = ensemble.ValImages(val_ds, args.images)
     per_batch = max(1, args.batch_crops // args.crops)
 
-    def prepare(crops: torch.Tensor) -> torch.Tensor:
-        return data.normalize(crops, cfg.data, channels_last=ex.channels_last)
-
     # The same batches, cut and normalised once, held in memory.
     held = []
     for i in range(0, len(images), per_batch):
         batch = [images[j][0].to(device) for j in range(i, min(i + per_batch, len(images)))]
         held.append(
-            prepare(torch.cat([cut_crops(im, args.crops, args.resolution) for im in batch]))
+            runtime.inputs(torch.cat([cut_crops(im, args.crops, args.resolution) for im in batch]))
         )
 
     @torch.no_grad()
     def bare(x: torch.Tensor) -> None:
         for m in models:
-            with ex.autocast():
+            with runtime.autocast():
                 m(x)
         _sync(device)
 
@@ -106,8 +107,8 @@ def main() -> None:
                 yield batch
 
         t = _clocks()
-        ensemble.evaluate([models], batches(loader), n_crops=args.crops, resolution=args.resolution,
-                          prepare=prepare, ex=ex)  # fmt: skip
+        ensemble.evaluate_crops([models], batches(loader), n_crops=args.crops,
+                                resolution=args.resolution, runtime=runtime)  # fmt: skip
         _sync(device)
         del loader  # its workers exit: their CPU time is counted
         return _clocks() - t - bare_time, bare_time

@@ -22,7 +22,7 @@ start=$(date +%s)
 "$BIN/bnrepro-train" -m \
   experiment=inception,bn_baseline,bn_x5,bn_x30,bn_x5_sigmoid,inception_sigmoid \
   trainer.max_images="$MAX_IMAGES" trainer.eval_every_images="$EVAL_EVERY" \
-  trainer.ckpt_every_images="$MAX_IMAGES" trainer.progress=false \
+  trainer.ckpt_every_images="$MAX_IMAGES" runtime.progress=false \
   out_dir="$OUT" hydra.sweep.dir="$SWEEP" "$@"
 
 "$BIN/bnrepro-report" "$SWEEP" --out "$RESULTS" \

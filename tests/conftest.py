@@ -19,9 +19,23 @@ TINY_TRAIN = [  # a CPU-second-sized run: width 1/8, 32 px, 160 synthetic images
     "trainer.eval_every_images=48",
     "trainer.ckpt_every_images=48",
     "trainer.log_every_images=16",
-    "trainer.progress=false",
+    "runtime.progress=false",
     "logger.wandb.mode=disabled",
 ]
+
+
+def cpu_runtime(data_cfg, *, channels_last: bool = False):
+    """An fp32 CPU engine.Runtime normalising with data_cfg's mean and std."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from bnrepro.engine import build_runtime
+
+    runtime_cfg = OmegaConf.create(
+        {"device": "cpu", "amp": "none", "channels_last": channels_last, "compile": False,
+         "tf32": True, "progress": False}
+    )  # fmt: skip
+    return build_runtime(runtime_cfg, data_cfg, torch.device("cpu"))
 
 
 @pytest.fixture(scope="session")

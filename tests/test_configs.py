@@ -1,4 +1,4 @@
-"""Every experiment composes and carries paper.md's values (section 3 table, section 4.2.1 list)."""
+"""Every experiment composes and carries docs/paper.md's values (section 3 table, section 4.2.1 list)."""
 
 import subprocess
 import sys

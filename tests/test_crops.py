@@ -1,11 +1,11 @@
-"""The crop geometry (GoogLeNet section 7, paper.md section 5) and the cutting on tensors."""
+"""The crop geometry (GoogLeNet section 7, docs/paper.md section 5) and the cutting on tensors."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from bnrepro.crops import Crop, crop_boxes, cut_crops, resized_size, scaled
+from bnrepro.evaluation.crops import Crop, crop_boxes, cut_crops, resized_size, scaled
 
 
 def _expected_144(height: int, width: int) -> set[Crop]:

@@ -6,7 +6,7 @@ import pytest
 from wandb_workspaces import expr
 
 from bnrepro.config import compose
-from bnrepro.dashboard import build_report, build_spec, experiment_names, main
+from bnrepro.figures.dashboard import build_spec, build_wandb_report, experiment_names, main
 
 FIVE = ["inception", "bn_baseline", "bn_x5", "bn_x30", "bn_x5_sigmoid"]
 
@@ -43,7 +43,7 @@ def test_a_subset_and_overrides(spec):
 
 
 def test_report_object_follows_the_spec_offline(spec):
-    report = build_report(dict(spec, entity="me"))
+    report = build_wandb_report(dict(spec, entity="me"))
     grid = report.blocks[-1]
     (runset,) = grid.runsets
     assert runset.groupby == ["group"] and runset.project == spec["project"]

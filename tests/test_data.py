@@ -9,12 +9,13 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import WNIDS, write_jpeg
+from conftest import WNIDS, cpu_runtime, write_jpeg
 from PIL import Image
 
 from bnrepro import data as D
-from bnrepro import transforms as T
 from bnrepro.config import compose
+from bnrepro.data import layouts
+from bnrepro.data import transforms as T
 
 
 def data_cfg(root, *extra):
@@ -50,9 +51,11 @@ def flat_val(root, devkit_ids: dict[str, int] | None = None) -> dict[str, str]:
             d.rmdir()
     if devkit_ids is None:
         rows = [f"{name},{wnid} 1 2 30 40" for name, wnid in truth.items()]
-        (root / D.KAGGLE_CSV).write_text("ImageId,PredictionString\n" + "\n".join(rows) + "\n")
+        (root / layouts.KAGGLE_CSV).write_text(
+            "ImageId,PredictionString\n" + "\n".join(rows) + "\n"
+        )
     else:
-        write_devkit(root / D.DEVKIT, devkit_ids, [devkit_ids[w] for w in truth.values()])
+        write_devkit(root / layouts.DEVKIT, devkit_ids, [devkit_ids[w] for w in truth.values()])
     return truth
 
 
@@ -113,7 +116,7 @@ def test_layouts_give_every_image_the_same_label(image_folder_tree, tmp_path, mo
         for f in sorted((staging / "val").iterdir()):
             t.add(f, arcname=f.name)
     with tarfile.open(tars / "ILSVRC2012_devkit_t12.tar.gz", "w:gz") as t:
-        t.add(staging / D.DEVKIT, arcname=D.DEVKIT)
+        t.add(staging / layouts.DEVKIT, arcname=layouts.DEVKIT)
     import torchvision.datasets.imagenet as tv
 
     md5 = {
@@ -136,7 +139,7 @@ def test_kaggle_nesting_is_found(image_folder_tree, tmp_path):
     truth = flat_val(root)
     nested = tmp_path / "kaggle" / "ILSVRC" / "Data" / "CLS-LOC"
     nested.parent.mkdir(parents=True)
-    (root / D.KAGGLE_CSV).rename(tmp_path / "kaggle" / D.KAGGLE_CSV)
+    (root / layouts.KAGGLE_CSV).rename(tmp_path / "kaggle" / layouts.KAGGLE_CSV)
     root.rename(nested)
     tr, va, cl = D.find_imagenet(tmp_path / "kaggle")
     assert cl == classes and len(tr.files) == 24
@@ -338,12 +341,12 @@ def test_sampler_rejects_bad_settings():
 def test_normalize_on_the_device():
     cfg = compose("train", ["data=imagenet"]).data
     x = torch.full((2, 3, 4, 4), 255, dtype=torch.uint8)
-    y = D.normalize(x, cfg, channels_last=True)
+    y = cpu_runtime(cfg, channels_last=True).inputs(x)
     assert y.dtype == torch.float32 and y.is_contiguous(memory_format=torch.channels_last)
     expected = (1 - torch.tensor(cfg.mean)) / torch.tensor(cfg.std)
     assert torch.allclose(y[0, :, 0, 0], expected, atol=1e-5)
     with pytest.raises(TypeError, match="uint8"):
-        D.normalize(x.float(), cfg, channels_last=False)
+        cpu_runtime(cfg).inputs(x.float())
 
 
 def test_gpu_decode_falls_back_to_cpu_without_cuda(image_folder_tree, monkeypatch):
@@ -387,4 +390,4 @@ def test_mnist_data():
     assert x.shape == (60, 1, 32, 32) and x.dtype == torch.uint8 and x.max() > 200
     assert 0 <= int(y.min()) and int(y.max()) <= 9
     x, _ = next(iter(D.build_val_loader(cfg, val_ds, rank=0, world_size=1)))
-    assert D.normalize(x, cfg, channels_last=False).shape == (60, 1, 32, 32)
+    assert cpu_runtime(cfg).inputs(x).shape == (60, 1, 32, 32)

@@ -1,14 +1,16 @@
-"""The synthetic ImageNet-shaped tree (bnrepro/synthetic.py)."""
+"""The synthetic ImageNet-shaped tree (bnrepro/data/synthetic.py)."""
 
 import json
 
 import pytest
 import torch
+from conftest import cpu_runtime
 from torch import nn
 
 from bnrepro import data as D
 from bnrepro.config import compose
-from bnrepro.synthetic import class_specs, ensure_tree, main
+from bnrepro.data.synthetic import class_specs, ensure_tree, main
+from bnrepro.data.transforms import image_size
 
 TINY = dict(
     num_classes=3, train_per_class=4, val_per_class=2, min_side=30, max_side=50, quality=90, seed=1
@@ -22,7 +24,7 @@ def test_tree_has_imagenet_layout_2(tmp_path):
     assert len(train.files) == 12 and len(val.files) == 6
     assert sorted(val.labels.tolist()) == [0, 0, 1, 1, 2, 2]
     assert all(f.decode().startswith("val/ILSVRC2012_val_") for f in val.files)
-    sizes = {D.T.image_size((root / f.decode()).read_bytes()) for f in train.files}
+    sizes = {image_size((root / f.decode()).read_bytes()) for f in train.files}
     assert len(sizes) > 6 and all(30 <= s <= 50 for wh in sizes for s in wh)
 
 
@@ -77,6 +79,7 @@ def test_default_synthetic_classes_are_learnable_but_not_trivial(tmp_path):
     steps, far from perfect after 20."""
     torch.manual_seed(0)
     cfg = compose("train", [f"data.root={tmp_path / 'syn'}"]).data
+    runtime = cpu_runtime(cfg)
     train_ds, val_ds, _ = D.build_datasets(cfg)
     loader = D.build_train_loader(cfg, train_ds, seed=0, rank=0, world_size=1)
     val_loader = D.build_val_loader(cfg, val_ds, rank=0, world_size=1)
@@ -91,10 +94,7 @@ def test_default_synthetic_classes_are_learnable_but_not_trivial(tmp_path):
     def accuracy() -> float:
         net.eval()
         with torch.no_grad():
-            hits = [
-                (net(D.normalize(x, cfg, channels_last=False)).argmax(1) == y)
-                for x, y in val_loader
-            ]
+            hits = [(net(runtime.inputs(x)).argmax(1) == y) for x, y in val_loader]
         net.train()
         return torch.cat(hits).float().mean().item()
 
@@ -102,7 +102,7 @@ def test_default_synthetic_classes_are_learnable_but_not_trivial(tmp_path):
     for epoch in range(3):
         loader.sampler.set_epoch(epoch)
         for x, y in loader:
-            loss = nn.functional.cross_entropy(net(D.normalize(x, cfg, channels_last=False)), y)
+            loss = nn.functional.cross_entropy(net(runtime.inputs(x)), y)
             opt.zero_grad()
             loss.backward()
             opt.step()

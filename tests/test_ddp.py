@@ -27,7 +27,7 @@ torch.save(replica["model"].state_dict(), f"{sys.argv[1]}/rank{os.environ['RANK'
 @pytest.mark.slow
 def test_two_cpu_ranks_train_one_model(tiny_overrides, tmp_path):
     (tmp_path / "worker.py").write_text(WORKER)
-    overrides = [*tiny_overrides, "experiment=bn_x5", "trainer.device=cpu"]  # 3 steps of 2 x 16
+    overrides = [*tiny_overrides, "experiment=bn_x5", "runtime.device=cpu"]  # 3 steps of 2 x 16
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(tmp_path / "worker.py"), str(tmp_path), *overrides]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled")
@@ -55,5 +55,5 @@ def test_resolve_device_names_the_key_in_its_errors():
     with pytest.raises(ValueError, match="device must be auto, cpu or cuda, got 'tpu'"):
         resolve_device("tpu", key="device")
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="trainer.device=cuda but no CUDA device"):
+        with pytest.raises(ValueError, match="runtime.device=cuda but no CUDA device"):
             resolve_device("cuda")

@@ -1,4 +1,4 @@
-"""The ensemble evaluator (bnrepro/ensemble.py): finding members, refusing bad input before any
+"""The ensemble evaluator (bnrepro/evaluation/ensemble.py): finding members, refusing bad input before any
 image is read, the evaluation core, and end to end on 6 trained tiny members at 1/10/144 crops.
 
 Tiny: width 1/8, 32 px crops, the session's tiny synthetic tree (conftest.py, 40 val images).
@@ -16,13 +16,15 @@ import numpy as np
 import pytest
 import timm
 import torch
-from conftest import TINY_TRAIN
+from conftest import TINY_TRAIN, cpu_runtime
 from sklearn.metrics import top_k_accuracy_score
 
-from bnrepro import checkpoint, data, ensemble, train
+from bnrepro import checkpoint, train
 from bnrepro.config import compose
-from bnrepro.crops import cut_crops
-from bnrepro.ensemble import EnsembleError, find_checkpoints
+from bnrepro.data import build_datasets
+from bnrepro.evaluation import ensemble
+from bnrepro.evaluation.crops import cut_crops
+from bnrepro.evaluation.ensemble import EnsembleError, find_checkpoints
 
 DATA = [o for o in TINY_TRAIN if o.startswith("data.")]  # the same tree as the trainer's tests
 WIDTH = 0.125
@@ -36,7 +38,7 @@ def ensemble_cfg(root: str, tmp_path: Path, checkpoints, *extra: str):
     return compose(
         "ensemble",
         [*DATA, f"data.root={root}", f"checkpoints={specs}", f"out_dir={tmp_path}",
-         "progress=false", *extra],
+         "runtime.progress=false", *extra],
     )  # fmt: skip
 
 
@@ -61,7 +63,7 @@ def fake_checkpoint(path: Path, classes: list[str], *, seed: int = 0, **arch_cha
 
 @pytest.fixture(scope="session")
 def classes(tiny_data_root) -> list[str]:
-    return data.build_datasets(compose("ensemble", [*DATA, f"data.root={tiny_data_root}"]).data)[2]
+    return build_datasets(compose("ensemble", [*DATA, f"data.root={tiny_data_root}"]).data)[2]
 
 
 @pytest.fixture(scope="session")
@@ -137,7 +139,7 @@ def test_missing_checkpoint_is_refused(tiny_data_root, classes, tmp_path, no_lon
     good = fake_checkpoint(tmp_path / "good.pt", classes)
     cfg = ensemble_cfg(tiny_data_root, tmp_path, [good, tmp_path / "missing.pt"])
     with pytest.raises(EnsembleError, match="missing.pt does not exist"):
-        ensemble.run(cfg, tmp_path / "run")
+        ensemble.evaluate_ensemble(cfg, tmp_path / "run")
 
 
 def test_truncated_checkpoint_is_refused(tiny_data_root, classes, tmp_path, no_long_work) -> None:
@@ -145,14 +147,18 @@ def test_truncated_checkpoint_is_refused(tiny_data_root, classes, tmp_path, no_l
     cut = fake_checkpoint(tmp_path / "cut.pt", classes)
     cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
     with pytest.raises(EnsembleError, match="cut.pt is unreadable .truncated or corrupt"):
-        ensemble.run(ensemble_cfg(tiny_data_root, tmp_path, [good, cut]), tmp_path / "run")
+        ensemble.evaluate_ensemble(
+            ensemble_cfg(tiny_data_root, tmp_path, [good, cut]), tmp_path / "run"
+        )
 
 
 def test_unknown_architecture_is_refused(tiny_data_root, classes, tmp_path, no_long_work) -> None:
     good = fake_checkpoint(tmp_path / "good.pt", classes)
     other = fake_checkpoint(tmp_path / "other.pt", classes, name="no_such_net")
     with pytest.raises(EnsembleError, match="'no_such_net', which is not in timm's registry"):
-        ensemble.run(ensemble_cfg(tiny_data_root, tmp_path, [good, other]), tmp_path / "run")
+        ensemble.evaluate_ensemble(
+            ensemble_cfg(tiny_data_root, tmp_path, [good, other]), tmp_path / "run"
+        )
 
 
 def test_weights_of_another_shape_are_refused(tiny_data_root, classes, tmp_path, no_long_work):
@@ -161,7 +167,7 @@ def test_weights_of_another_shape_are_refused(tiny_data_root, classes, tmp_path,
     saved["arch"]["kwargs"]["width_mult"] = 0.25  # weights of width 1/8, arch says 1/4
     checkpoint.save(ckpt, saved)
     with pytest.raises(EnsembleError, match="weights do not fit bn_inception"):
-        ensemble.run(ensemble_cfg(tiny_data_root, tmp_path, [ckpt]), tmp_path / "run")
+        ensemble.evaluate_ensemble(ensemble_cfg(tiny_data_root, tmp_path, [ckpt]), tmp_path / "run")
 
 
 def test_another_class_count_is_refused(tiny_data_root, classes, tmp_path, no_long_work) -> None:
@@ -170,7 +176,9 @@ def test_another_class_count_is_refused(tiny_data_root, classes, tmp_path, no_lo
     with pytest.raises(
         EnsembleError, match="fewer.pt was trained on another class list .5 classes"
     ):
-        ensemble.run(ensemble_cfg(tiny_data_root, tmp_path, [good, fewer]), tmp_path / "run")
+        ensemble.evaluate_ensemble(
+            ensemble_cfg(tiny_data_root, tmp_path, [good, fewer]), tmp_path / "run"
+        )
 
 
 def test_another_class_list_than_the_val_set_is_refused(
@@ -180,24 +188,26 @@ def test_another_class_list_than_the_val_set_is_refused(
     a = fake_checkpoint(tmp_path / "a.pt", renamed)
     b = fake_checkpoint(tmp_path / "b.pt", renamed, seed=1)
     with pytest.raises(EnsembleError, match="a.pt was trained on 10 classes .* the val set has 10"):
-        ensemble.run(ensemble_cfg(tiny_data_root, tmp_path, [a, b]), tmp_path / "run")
+        ensemble.evaluate_ensemble(ensemble_cfg(tiny_data_root, tmp_path, [a, b]), tmp_path / "run")
 
 
 def test_empty_val_set_is_refused(tiny_data_root, classes, tmp_path, no_long_work) -> None:
     good = fake_checkpoint(tmp_path / "good.pt", classes)
     cfg = ensemble_cfg(tiny_data_root, tmp_path, [good], "max_images=0")
     with pytest.raises(EnsembleError, match="val set .* is empty"):
-        ensemble.run(cfg, tmp_path / "run")
+        ensemble.evaluate_ensemble(cfg, tmp_path / "run")
 
 
 def test_bad_crop_count_is_refused(tiny_data_root, classes, tmp_path, no_long_work) -> None:
     good = fake_checkpoint(tmp_path / "good.pt", classes)
     with pytest.raises(EnsembleError, match="crops must be one of"):
-        ensemble.run(ensemble_cfg(tiny_data_root, tmp_path, [good], "crops=12"), tmp_path / "run")
+        ensemble.evaluate_ensemble(
+            ensemble_cfg(tiny_data_root, tmp_path, [good], "crops=12"), tmp_path / "run"
+        )
 
 
 def test_cli_exits_non_zero_with_one_line(tmp_path) -> None:
-    cmd = [sys.executable, "-m", "bnrepro.ensemble", f"checkpoints=[{tmp_path}/none.pt]",
+    cmd = [sys.executable, "-m", "bnrepro.evaluation.ensemble", f"checkpoints=[{tmp_path}/none.pt]",
            f"out_dir={tmp_path}"]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
@@ -228,13 +238,10 @@ def test_evaluate_averages_crops_then_members_batch_by_batch() -> None:
 
     for i, m in enumerate(models):
         m.register_forward_hook(lambda *_, i=i: log.append(f"m{i}"))
-    ex = train.Exec(torch.device("cpu"), None, False)
-
-    def prepare(crops):
-        return data.normalize(crops, cfg.data, channels_last=False)
-
-    ev = ensemble.evaluate([models], batches(), n_crops=10, resolution=32, prepare=prepare,
-                           ex=ex, save_probs=True)  # fmt: skip
+    runtime = cpu_runtime(cfg.data)
+    prepare = runtime.inputs
+    ev = ensemble.evaluate_crops([models], batches(), n_crops=10, resolution=32,
+                                 runtime=runtime, save_probs=True)  # fmt: skip
 
     assert log == ["load", "m0", "m1"] * 2
     with torch.no_grad():
@@ -270,7 +277,7 @@ def test_six_members_equal_the_mean_of_their_saved_probs(
     cfg = ensemble_cfg(tiny_data_root, tmp_path, str(trained_members), f"crops={crops}",
                        f"max_images={max_images}", "save_probs=true",
                        f"results_dir={tmp_path / 'results'}")  # fmt: skip
-    results = ensemble.run(cfg, tmp_path / "run")
+    results = ensemble.evaluate_ensemble(cfg, tmp_path / "run")
 
     saved = np.load(tmp_path / "run" / "probs.npz")
     probs, labels = saved["probs"], saved["labels"]
@@ -283,7 +290,7 @@ def test_six_members_equal_the_mean_of_their_saved_probs(
     for r, p in zip(rows, [*probs, probs.mean(0)], strict=True):
         assert (r["top1_error"], r["top5_error"]) == pytest.approx(_errors(p, labels), abs=1e-12)
     # the labels are the val set's, in order
-    val_labels = data.build_datasets(cfg.data)[1].split.labels[:max_images]
+    val_labels = build_datasets(cfg.data)[1].split.labels[:max_images]
     assert labels.tolist() == val_labels.tolist()
     on_disk = json.loads((tmp_path / "results" / "results.json").read_text())
     assert on_disk["rows"] == rows
@@ -294,7 +301,7 @@ def test_six_members_equal_the_mean_of_their_saved_probs(
 def test_population_statistics_are_reported_beside(trained_members, tiny_data_root, tmp_path):
     cfg = ensemble_cfg(tiny_data_root, tmp_path, str(trained_members), "crops=1",
                        "pop_stats_batches=2", "save_probs=true")  # fmt: skip
-    rows = ensemble.run(cfg, tmp_path / "run")["rows"]
+    rows = ensemble.evaluate_ensemble(cfg, tmp_path / "run")["rows"]
     assert [r["bn_stats"] for r in rows] == ["moving"] * 7 + ["population"] * 7
     saved = np.load(tmp_path / "run" / "probs.npz")
     assert not np.allclose(saved["probs"], saved["probs_population"])
@@ -306,9 +313,9 @@ def test_population_statistics_are_reported_beside(trained_members, tiny_data_ro
 
 @pytest.mark.slow
 def test_cli_runs_as_a_job(trained_members, tiny_data_root, tmp_path) -> None:
-    cmd = [sys.executable, "-m", "bnrepro.ensemble", f"checkpoints=[{trained_members}/*seed0,{trained_members}/*seed1]",
+    cmd = [sys.executable, "-m", "bnrepro.evaluation.ensemble", f"checkpoints=[{trained_members}/*seed0,{trained_members}/*seed1]",
            *DATA, f"data.root={tiny_data_root}", f"out_dir={tmp_path}", "crops=10",
-           "max_images=8", "progress=false"]  # fmt: skip
+           "max_images=8", "runtime.progress=false"]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     (result,) = tmp_path.glob("ensemble/*/results.json")
@@ -324,7 +331,7 @@ def test_wandb_run_is_an_ensemble_job_in_the_members_group(
     members = [fake_checkpoint(tmp_path / f"m{i}.pt", classes, seed=i) for i in range(2)]
     cfg = ensemble_cfg(tiny_data_root, tmp_path, members, "crops=1", "max_images=4",
                        "logger=wandb", "logger.wandb.mode=offline")  # fmt: skip
-    rows = ensemble.run(cfg, tmp_path / "run")["rows"]
+    rows = ensemble.evaluate_ensemble(cfg, tmp_path / "run")["rows"]
     (path,) = (tmp_path / "run").glob("wandb/offline-run-*/run-*.wandb")
     for _ in range(100):  # wandb-core may still be flushing after finish()
         records = list(wandb_records(path))

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from bnrepro.fig1 import PERCENTILES, SigmoidMLP, init_gaussian, main
+from bnrepro.figures.fig1 import PERCENTILES, SigmoidMLP, init_gaussian, main
 
 
 def test_bn_sits_before_each_sigmoid():

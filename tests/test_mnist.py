@@ -6,8 +6,8 @@ import struct
 import numpy as np
 import pytest
 
-from bnrepro import mnist
-from bnrepro.mnist import load_mnist
+from bnrepro.data import mnist
+from bnrepro.data.mnist import load_mnist
 
 
 @pytest.fixture(scope="module")

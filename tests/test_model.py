@@ -1,4 +1,4 @@
-"""BN-Inception against paper.md section 1 (the Figure 5 table as resolved there)."""
+"""BN-Inception against docs/paper.md section 1 (the Figure 5 table as resolved there)."""
 
 import pytest
 import timm
@@ -8,7 +8,7 @@ from torch import nn
 import bnrepro  # noqa: F401  (registers bn_inception)
 from bnrepro.model import INCEPTION_TABLE, BNInception
 
-# Figure 5's "output size" column with the real post-stride sizes of 3c and 4e (paper.md section 1).
+# Figure 5's "output size" column with the real post-stride sizes of 3c and 4e (docs/paper.md section 1).
 EXPECTED_SHAPES_224 = {
     "stem": (192, 28, 28),
     "3a": (256, 28, 28),
@@ -67,7 +67,7 @@ def test_stem_sizes_at_224(full_model):
 
 
 def test_parameter_count_is_the_tables(full_model):
-    # paper.md section 1: the table read literally, BN gamma+beta, no conv bias, 1000-way classifier.
+    # docs/paper.md section 1: the table read literally, BN gamma+beta, no conv bias, 1000-way classifier.
     assert n_params(full_model) == 11_285_224
 
 

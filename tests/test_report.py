@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bnrepro import report
 from bnrepro.config import compose
+from bnrepro.figures import report
 from bnrepro.train import train
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""The LR schedule (paper section 4.2, paper.md section 3) and every-N-images events."""
+"""The LR schedule (paper section 4.2, docs/paper.md section 3) and every-N-images events."""
 
 import math
 
@@ -14,7 +14,7 @@ TRAIN_SIZE = 1000
 
 def lr_at(optim_cfg, global_batch: int, images: list[int]) -> list[float]:
     param = torch.nn.Parameter(torch.zeros(1))
-    lr = effective_lr(optim_cfg.lr, global_batch, optim_cfg.reference_batch)
+    lr = effective_lr(optim_cfg.lr, global_batch)
     opt = torch.optim.SGD([param], lr=lr)
     sched = build_scheduler(opt, optim_cfg, global_batch=global_batch, train_size=TRAIN_SIZE)
     out = []
@@ -28,7 +28,7 @@ def lr_at(optim_cfg, global_batch: int, images: list[int]) -> list[float]:
 def test_staircase_decay_matches_formula(experiment: str) -> None:
     optim = compose(overrides=[f"experiment={experiment}"]).optim
     images = [0, 1, 999, 1000, 1999, 2000, 7999, 8000, 8001, 16000, 50_000, 123_456]
-    eff = effective_lr(optim.lr, 64, 32)
+    eff = effective_lr(optim.lr, 64)
     expected = [
         eff * optim.decay_rate ** math.floor(n / (optim.decay_epochs * TRAIN_SIZE)) for n in images
     ]
@@ -40,7 +40,7 @@ def test_warmup_auto_only_for_large_batches() -> None:
     optim = compose(overrides=["experiment=bn_x30"]).optim
     assert warmup_images(optim, 256, TRAIN_SIZE) == 0
     assert warmup_images(optim, 512, TRAIN_SIZE) == 5 * TRAIN_SIZE  # 5 epochs (Goyal et al.)
-    eff = effective_lr(optim.lr, 512, 32)
+    eff = effective_lr(optim.lr, 512)
     w = 5 * TRAIN_SIZE
     images = [0, w // 4, w // 2, w - 1, w, 3 * w]
     start = optim.warmup_lr_scale * eff

@@ -32,8 +32,8 @@ TINY = [
     "data.eval_crop=32",
     f"data.batch_size={BATCH}",
     "data.num_workers=0",
-    "trainer.device=cpu",
-    "trainer.progress=false",
+    "runtime.device=cpu",
+    "runtime.progress=false",
     "trainer.eval_max_images=64",
     "logger=local",
 ]
@@ -296,7 +296,7 @@ def test_submit_paper_runs_members_then_the_ensemble(tmp_path, job_env):
         TIME="10",
         OUT_DIR=str(tmp_path),
         TRAIN_ARGS=" ".join([*TINY, *budget(16, 16)]),
-        ENSEMBLE_ARGS="crops=1 max_images=16 progress=false device=cpu data.num_workers=0 "
+        ENSEMBLE_ARGS="crops=1 max_images=16 runtime.progress=false runtime.device=cpu data.num_workers=0 "
         "data.eval_resize=37 data.eval_crop=32",
     )
     out = _run([str(REPO / "scripts/submit_paper.sh")], env=env, cwd=tmp_path)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from hydra.errors import ConfigCompositionException
 
-from bnrepro import checkpoint
+from bnrepro import checkpoint, engine
 from bnrepro import train as T
 from bnrepro.checkpoint import CheckpointError
 from bnrepro.config import CONFIG_DIR, compose, effective_lr
@@ -43,22 +43,22 @@ def test_every_experiment_trains_and_fits_a_fixed_batch(experiment, tiny_overrid
     assert (run_dir / "checkpoints" / "ckpt_000000000032.pt").is_file()
 
     # The same model and optimizer, five steps on one batch: its loss goes down.
-    dat = T.build_data(cfg, rank=0, world_size=1)
-    ex = T.build_exec(cfg.trainer, torch.device("cpu"))
-    model = T.build_model(cfg, dat.classes)
+    dat = engine.build_data(cfg, rank=0, world_size=1)
+    runtime = engine.build_runtime(cfg.runtime, cfg.data, torch.device("cpu"))
+    model = engine.build_model(cfg, dat.classes)
     optimizer = T.build_optimizer(model, cfg.optim, effective_lr(cfg.optim.lr, 16))
     images, labels = next(iter(dat.train_loader))
 
     def loss() -> float:  # train mode (BN on batch statistics), the same dropout mask each time
         with torch.no_grad(), torch.random.fork_rng():
             torch.manual_seed(1)
-            return F.cross_entropy(model(ex.inputs(images, cfg.data)), labels).item()
+            return F.cross_entropy(model(runtime.inputs(images)), labels).item()
 
     before = loss()
     fixed_batch = iter(lambda: (0, 1, images, labels), None)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     for _ in range(5):
-        T.train_step(model, fixed_batch, optimizer, scaler, cfg, ex, torch.zeros(3))
+        T.train_step(model, fixed_batch, optimizer, scaler, runtime, torch.zeros(3))
     assert loss() < before
 
 
@@ -145,7 +145,7 @@ def test_population_statistics_need_bn(tiny_overrides):
 
 
 def test_grad_accum_and_bf16_autocast(tiny_overrides, tmp_path, capsys):
-    options = ["trainer.grad_accum=2", "trainer.amp=bf16", "trainer.channels_last=true"]
+    options = ["trainer.grad_accum=2", "runtime.amp=bf16", "runtime.channels_last=true"]
     summary = T.train(compose("train", [*tiny_overrides, *options]))
     assert "global batch 32" in capsys.readouterr().out  # 16 per micro-batch x 2
     rows = read_metrics(tmp_path / "bn_x30_seed0")

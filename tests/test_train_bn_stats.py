@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from bnrepro import train as T
-from bnrepro.bn_stats import main as bn_stats_main
-from bnrepro.bn_stats import recompute_bn_stats
 from bnrepro.config import compose
+from bnrepro.evaluation.bn_stats import main as bn_stats_main
+from bnrepro.evaluation.bn_stats import recompute_bn_stats
 from bnrepro.monitor import Monitor
 
 

@@ -56,7 +56,7 @@ def test_only_the_warning_signal_asks_for_a_requeue():
     import os
     import signal
 
-    from bnrepro.train import Preemption
+    from bnrepro.distributed import Preemption
 
     with Preemption("USR2") as p:
         os.kill(os.getpid(), signal.SIGTERM)

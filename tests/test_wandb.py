@@ -1,6 +1,6 @@
 """W&B: an offline run holds the logged history and the full config (bnrepro/tracking.py).
 
-There is no public reader for offline runs (ENVIRONMENT-NOTES.md): the .wandb file is read here
+wandb has no public reader for offline runs (`wandb.Api()` cannot read them): the .wandb file is read here
 as LevelDB-log-framed protobuf records.
 """
 

@@ -1,4 +1,4 @@
-"""Real MNIST digits as numpy arrays, offline (paper.md section 6, Figure 1).
+"""Real MNIST digits as numpy arrays, offline (docs/paper.md section 6, Figure 1).
 
 Two sources, in this order:
 - the full MNIST (60,000 / 10,000) when `root` holds torchvision's layout,

@@ -1,4 +1,4 @@
-"""Test-time crops: 1, 10 and 144 views of an image (GoogLeNet section 7; paper.md section 5).
+"""Test-time crops: 1, 10 and 144 views of an image (GoogLeNet section 7; docs/paper.md section 5).
 
 Geometry and cutting are separate. `crop_boxes` is a pure function of the image size: it says
 where every crop lies in the image resized to one of the scales. `cut_crops` applies it to a
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 CROP_COUNTS = (1, 10, 144)
 PAPER_BASE = 224  # the crop side the paper's numbers refer to
-SINGLE_SCALE = 256  # 1 and 10 crops: shorter side 256, crops 224 (paper.md section 5)
+SINGLE_SCALE = 256  # 1 and 10 crops: shorter side 256, crops 224 (docs/paper.md section 5)
 MULTI_SCALES = (256, 288, 320, 352)  # 144 crops: GoogLeNet section 7
 
 

@@ -23,20 +23,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
-# paper.md section 4, Figure 3: paper steps to reach Inception's 72.2%, and max accuracy.
-PAPER_FIGURE3 = {
-    "inception": (31.0e6, 0.722),
-    "bn_baseline": (13.3e6, 0.727),
-    "bn_x5": (2.1e6, 0.730),
-    "bn_x30": (2.7e6, 0.748),
-    "bn_x5_sigmoid": (None, 0.698),
-}
-# paper.md section 4, Figure 4 (top-1 error, top-5 error; None = not given).
-PAPER_FIGURE4 = {
-    (1, 1): (0.252, 0.0782),
-    (144, 1): (0.2199, 0.0582),
-    (144, 6): (0.201, 0.049),
-}
+from bnrepro.evaluation.ensemble import figure4_markdown, percent
+from bnrepro.paper import FIGURE3
+
 ORDER = ["inception", "bn_baseline", "bn_x5", "bn_x30", "bn_x5_sigmoid", "inception_sigmoid"]
 
 
@@ -124,7 +113,7 @@ def figure3_table(curves: pd.DataFrame, reference: str = "inception") -> dict:
     target = float(mean[mean["experiment"] == reference]["val/top1"].max())
     rows = {}
     for name, curve in mean.groupby("experiment"):
-        paper_steps, paper_max = PAPER_FIGURE3.get(name, (None, None))
+        paper_steps, paper_max = FIGURE3.get(name, (None, None))
         rows[name] = {
             "steps_to_target": steps_to(curve, target),
             "max_top1": float(curve["val/top1"].max()),
@@ -146,13 +135,9 @@ def _fmt_steps(x: float | None) -> str:
     return f"{x / 1e6:.1f}e6" if x >= 1e5 else f"{x:.4g}"  # the paper writes 31.0e6
 
 
-def _fmt_pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
-
-
 def figure3_markdown(table: dict) -> str:
     lines = [
-        f"Target: the best val top-1 of `{table['reference']}` = {_fmt_pct(table['target_top1'])} "
+        f"Target: the best val top-1 of `{table['reference']}` = {percent(table['target_top1'])} "
         "(the paper's target is Inception's 72.2%).",
         "",
         "| model | steps to target (ours) | max top-1 (ours) | seeds | steps to 72.2% (paper) | max top-1 (paper) |",
@@ -163,8 +148,8 @@ def figure3_markdown(table: dict) -> str:
         if r["paper_max_top1"] is None:
             paper_steps = "-"
         lines.append(
-            f"| {name} | {_fmt_steps(r['steps_to_target'])} | {_fmt_pct(r['max_top1'])} | {r['seeds']} "
-            f"| {paper_steps} | {_fmt_pct(r['paper_max_top1'])} |"
+            f"| {name} | {_fmt_steps(r['steps_to_target'])} | {percent(r['max_top1'])} | {r['seeds']} "
+            f"| {paper_steps} | {percent(r['paper_max_top1'])} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -190,7 +175,7 @@ def plot_figure2(curves: pd.DataFrame, out: Path, title: str = "") -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
 
-    for name, (steps, top1) in PAPER_FIGURE3.items():
+    for name, (steps, top1) in FIGURE3.items():
         x = steps if steps is not None else 31e6
         ax_paper.scatter([x], [top1], marker="o" if steps else "x", s=50, label=name)
         ax_paper.annotate(name, (x, top1), textcoords="offset points", xytext=(5, 5), fontsize=8)
@@ -205,22 +190,6 @@ def plot_figure2(curves: pd.DataFrame, out: Path, title: str = "") -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
     plt.close(fig)
-
-
-def figure4_markdown(results: list[dict]) -> str:
-    """Figure 4 from bnrepro-ensemble results.json files: our errors beside the paper's."""
-    lines = [
-        "| model | resolution | crops | models | top-1 error | top-5 error | paper top-1 | paper top-5 |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        paper = PAPER_FIGURE4.get((r["crops"], r["models"]), (None, None))
-        lines.append(
-            f"| {r['model']} | {r['resolution']} | {r['crops']} | {r['models']} "
-            f"| {_fmt_pct(r['top1_error'])} | {_fmt_pct(r['top5_error'])} "
-            f"| {_fmt_pct(paper[0])} | {_fmt_pct(paper[1])} |"
-        )
-    return "\n".join(lines) + "\n"
 
 
 def _ensemble_rows(paths: list[str]) -> list[dict]:

@@ -64,7 +64,7 @@ def build_spec(
     }
 
 
-def build_report(spec: dict):  # -> wandb_workspaces.reports.v2.Report
+def build_wandb_report(spec: dict):  # -> wandb_workspaces.reports.v2.Report
     """The wandb-workspaces Report for a spec. Constructing it needs no login; saving does."""
     try:
         import wandb_workspaces.reports.v2 as wr
@@ -119,7 +119,7 @@ def push(spec: dict) -> str:
         ) from e
     if not spec["entity"]:
         spec = dict(spec, entity=api.default_entity)
-    report = build_report(spec)
+    report = build_wandb_report(spec)
     report.save()
     return report.url
 

@@ -30,6 +30,8 @@ import numpy as np
 from omegaconf import OmegaConf
 from PIL import Image, ImageDraw
 
+from bnrepro.config import CONFIG_DIR
+
 VERSION = 2  # bump when the images change for the same parameters
 SHAPES = ("disc", "square", "triangle", "ring", "cross")
 TEXTURES = ("solid", "hstripes", "vstripes", "checks", "dots")
@@ -218,9 +220,8 @@ def ensure_tree(
 
 def main(argv: list[str] | None = None) -> None:
     """bnrepro-synthetic: generate the tree anywhere; defaults are configs/data/synthetic.yaml's."""
-    from bnrepro.config import CONFIG_DIR
 
-    yaml = OmegaConf.load(Path(CONFIG_DIR) / "data" / "synthetic.yaml").data
+    yaml = OmegaConf.load(Path(CONFIG_DIR) / "data" / "synthetic.yaml")
     d = yaml.synthetic
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="folder to create (or check)")

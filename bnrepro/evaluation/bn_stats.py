@@ -7,6 +7,7 @@ accumulates exactly these cumulative averages (of the unbiased batch variance).
 
     bnrepro-bn-stats outputs/bn_x30_seed0/checkpoints/best.pt --batches 100 --out popstats.pt
     bnrepro-bn-stats CKPT data.root=/datasets/imagenet data.batch_size=64   # data overrides
+    bnrepro-bn-stats CKPT runtime.device=cpu
 
 Training runs it with trainer.pop_stats_batches=N before the final eval (val_popstats/top1).
 """
@@ -19,8 +20,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from bnrepro import checkpoint, distributed, engine
+from bnrepro.config import CONFIG_DIR
 
 
 @torch.no_grad()
@@ -67,12 +72,43 @@ def average_bn_stats(model: nn.Module, all_sum) -> None:
         stats = stats[2 * n :]
 
 
+def population_model(
+    model: nn.Module,
+    train_loader: torch.utils.data.DataLoader,
+    runtime: engine.Runtime,
+    num_batches: int,
+    *,
+    dist: distributed.Dist | None = None,
+) -> nn.Module:
+    """A copy of `model` (which keeps its moving averages) with Algorithm 2's statistics over
+    `num_batches` training batches of this rank, averaged over ranks; in eval mode."""
+    with torch.random.fork_rng(devices=[]):  # must not shift the training randomness
+        inputs = engine.training_inputs(train_loader, runtime)
+        population = recompute_bn_stats(copy.deepcopy(model), inputs, num_batches)
+    if dist is not None and dist.enabled:
+        average_bn_stats(population, lambda x: distributed.all_sum(x, dist))
+    return population
+
+
+def population_eval(
+    model: nn.Module,
+    data: engine.Data,
+    runtime: engine.Runtime,
+    num_batches: int,
+    *,
+    max_images: int | None = None,
+    dist: distributed.Dist | None = None,
+) -> dict:
+    """The val metrics of `population_model(model, ...)`, keyed val_popstats/*."""
+    population = population_model(model, data.train_loader, runtime, num_batches, dist=dist)
+    metrics = engine.evaluate(
+        population, data.val_loader, runtime, max_images=max_images, dist=dist
+    )
+    return {k.replace("val/", "val_popstats/"): v for k, v in metrics.items()}
+
+
 def main(argv: list[str] | None = None) -> None:
     """bnrepro-bn-stats: Algorithm 2 on a checkpoint; prints val top-1/top-5 before and after."""
-    from omegaconf import OmegaConf
-
-    from bnrepro import checkpoint, distributed, train  # the training loop's builders, evaluation
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="a bnrepro checkpoint (ckpt_*.pt or best.pt)")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data.root=/x")
@@ -81,23 +117,26 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     ckpt = checkpoint.load(args.checkpoint)
-    cfg = OmegaConf.merge(OmegaConf.create(ckpt["config"]), OmegaConf.from_dotlist(args.overrides))
-    ex = train.build_exec(cfg.trainer, distributed.resolve_device("auto"))
-    data = train.build_data(cfg, rank=0, world_size=1)
-    checkpoint.check_compatible(
-        ckpt, train.arch_of(cfg, data.classes), data.classes, args.checkpoint
+    # The checkpoint's own config (its data pipeline), on this machine's runtime defaults.
+    runtime_defaults = OmegaConf.create(
+        {"runtime": OmegaConf.load(Path(CONFIG_DIR, "runtime", "default.yaml"))}
     )
-    model = train.build_model(cfg, data.classes)
+    cfg = OmegaConf.merge(runtime_defaults, ckpt["config"], OmegaConf.from_dotlist(args.overrides))
+    device = distributed.resolve_device(cfg.runtime.device, key="runtime.device")
+    runtime = engine.build_runtime(cfg.runtime, cfg.data, device)
+    data = engine.build_data(cfg, rank=0, world_size=1)
+    arch = engine.arch_of(cfg, data.classes)
+    checkpoint.check_compatible(ckpt, arch, data.classes, args.checkpoint)
+    model = engine.build_model(cfg, data.classes)
     model.load_state_dict(ckpt["model"])
-    model.to(ex.device)
-    before = train.evaluate(model, data.val_loader, cfg, ex)
-    inputs = train.model_inputs(data.train_loader, cfg, ex)
-    pop = recompute_bn_stats(copy.deepcopy(model), inputs, args.batches)
-    after = train.evaluate(pop, data.val_loader, cfg, ex)
+    model.to(device)
+    before = engine.evaluate(model, data.val_loader, runtime)
+    population = population_model(model, data.train_loader, runtime, args.batches)
+    after = engine.evaluate(population, data.val_loader, runtime)
     print(f"moving averages:  top1 {before['val/top1']:.4f}  top5 {before['val/top5']:.4f}")
     print(f"population stats: top1 {after['val/top1']:.4f}  top5 {after['val/top5']:.4f}")
     if args.out:
-        ckpt["model"] = {k: v.cpu() for k, v in pop.state_dict().items()}
+        ckpt["model"] = {k: v.cpu() for k, v in population.state_dict().items()}
         ckpt["metrics"] = {**ckpt.get("metrics", {}), "val_popstats/top1": after["val/top1"]}
         checkpoint.save(Path(args.out), ckpt)
         print(f"checkpoint with population statistics: {args.out}")

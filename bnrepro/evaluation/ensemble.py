@@ -10,7 +10,7 @@ the ensemble's is the arithmetic mean of the members' predictions.
 
 Every member is checked (exists, loads, a timm architecture, the same class list as the others
 and as the val set) before any image is read. Each image is decoded once; its crops are cut from
-the decoded tensor on the device (bnrepro/crops.py); the crops of several images go through each
+the decoded tensor on the device (bnrepro/evaluation/crops.py); the crops of several images go through each
 member as one batch, and all members see a batch before the next is loaded. Writes results.json,
 results.md (and probs.npz with save_probs=true) into the run folder; exit status 0 on success,
 2 with a one-line message on bad input.
@@ -18,14 +18,11 @@ results.md (and probs.npz with save_probs=true) into the run folder; exit status
 
 from __future__ import annotations
 
-import copy
 import glob
 import json
-import platform
 import shutil
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,13 +34,15 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
 
-import bnrepro  # noqa: F401  (registers bn_inception with timm)
-from bnrepro import checkpoint, data, distributed, train, transforms
-from bnrepro.bn_stats import recompute_bn_stats
-from bnrepro.config import CONFIG_DIR
-from bnrepro.crops import CROP_COUNTS, cut_crops
+from bnrepro import checkpoint, distributed, engine
+from bnrepro.config import CONFIG_DIR, run_hydra_app
+from bnrepro.data import ArrayImages, ImageFiles, build_datasets, build_train_loader
+from bnrepro.data.transforms import decode
+from bnrepro.evaluation.bn_stats import population_model
+from bnrepro.evaluation.crops import CROP_COUNTS, cut_crops
 from bnrepro.metrics import topk_correct
-from bnrepro.report import figure4_markdown
+from bnrepro.paper import FIGURE4
+from bnrepro.provenance import environment
 
 
 class EnsembleError(RuntimeError):
@@ -186,7 +185,7 @@ class ValImages(torch.utils.data.Dataset):
     """The val set's images decoded whole (uint8 [3, H, W]) with their labels: the crops are cut
     later, on the device, from this one decode. An unreadable file gives None (skipped, counted)."""
 
-    def __init__(self, val_ds: data.ImageFiles | data.ArrayImages, limit: int | None) -> None:
+    def __init__(self, val_ds: ImageFiles | ArrayImages, limit: int | None) -> None:
         self.val_ds = val_ds
         self.n = len(val_ds) if limit is None else min(limit, len(val_ds))
 
@@ -194,17 +193,11 @@ class ValImages(torch.utils.data.Dataset):
         return self.n
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int]:
-        if not isinstance(self.val_ds, data.ImageFiles):  # in-memory images (MNIST)
+        if not isinstance(self.val_ds, ImageFiles):  # in-memory images (MNIST)
             return self.val_ds[i]
+        image = self.val_ds.try_load(i, decode)  # RGB uint8 [H, W, 3]; None: skipped, warned
         label = int(self.val_ds.split.labels[i])
-        try:
-            image = transforms.decode(self.val_ds.read(i))  # RGB uint8 [H, W, 3]
-        except Exception as e:  # noqa: BLE001 - any decoder error: skip the file, say which
-            warnings.warn(
-                f"skipping unreadable val image {self.val_ds.split.path(i)}: {e}", stacklevel=2
-            )
-            return None, label
-        return torch.from_numpy(image).permute(2, 0, 1), label
+        return (None if image is None else torch.from_numpy(image).permute(2, 0, 1)), label
 
 
 def _collate(batch: list) -> tuple[list[torch.Tensor], torch.Tensor, int]:
@@ -224,14 +217,13 @@ def image_loader(
 
 
 @torch.no_grad()
-def evaluate(
+def evaluate_crops(
     model_sets: list[list[nn.Module]],
     batches,
     *,
     n_crops: int,
     resolution: int,
-    prepare,
-    ex: train.Exec,
+    runtime: engine.Runtime,
     save_probs: bool = False,
     progress: bool = False,
     total: int | None = None,
@@ -239,12 +231,12 @@ def evaluate(
     """Each model alone and each set's ensemble, on `batches` of (decoded images, labels,
     number of unreadable files left out).
 
-    prepare(uint8 crops on device) -> model input. Probabilities are averaged over an image's
+    runtime.inputs makes the uint8 crops model inputs. Probabilities are averaged over an image's
     crops, then over a set's members (GoogLeNet section 7, paper section 4.2.3).
     """
     n_sets, n_members = len(model_sets), len(model_sets[0])
     # counts stay on the device: no host sync per batch (only save_probs copies to the host)
-    correct = torch.zeros(n_sets, n_members + 1, 2, dtype=torch.long, device=ex.device)
+    correct = torch.zeros(n_sets, n_members + 1, 2, dtype=torch.long, device=runtime.device)
     kept, labels_kept, seen, skipped = [], [], 0, 0
     bar = tqdm(total=total, unit="img", disable=not progress, dynamic_ncols=True)
     for images, labels, unreadable in batches:
@@ -252,14 +244,14 @@ def evaluate(
         bar.update(len(images) + unreadable)
         if not images:
             continue
-        crops = torch.cat([cut_crops(im.to(ex.device), n_crops, resolution) for im in images])
-        x = prepare(crops)
-        labels = labels.to(ex.device)
+        crops = torch.cat([cut_crops(im.to(runtime.device), n_crops, resolution) for im in images])
+        x = runtime.inputs(crops)
+        labels = labels.to(runtime.device)
         probs = []  # [sets][members] of [images, classes]
         for models in model_sets:
             probs.append([])
             for model in models:
-                with ex.autocast():
+                with runtime.autocast():
                     logits = model(x)
                 p = logits.float().softmax(-1).view(len(images), n_crops, -1).mean(1)
                 probs[-1].append(p)
@@ -283,15 +275,12 @@ def evaluate(
 # ---- the app -----------------------------------------------------------------------------
 
 
-def _pop_stats_models(members: list[Member], cfg: DictConfig, train_ds, ex: train.Exec) -> list:
+def _pop_stats_models(
+    members: list[Member], cfg: DictConfig, train_ds, runtime: engine.Runtime
+) -> list:
     """Copies of the members with Algorithm 2's population statistics (the same N batches)."""
-    loader = data.build_train_loader(cfg.data, train_ds, seed=cfg.seed, rank=0, world_size=1)
-    return [
-        recompute_bn_stats(
-            copy.deepcopy(m.model), train.model_inputs(loader, cfg, ex), cfg.pop_stats_batches
-        )
-        for m in members
-    ]
+    loader = build_train_loader(cfg.data, train_ds, seed=cfg.seed, rank=0, world_size=1)
+    return [population_model(m.model, loader, runtime, cfg.pop_stats_batches) for m in members]
 
 
 def _rows(members: list[Member], ev: Evaluation, cfg: DictConfig, set_names: list[str]) -> list:
@@ -319,14 +308,15 @@ def _rows(members: list[Member], ev: Evaluation, cfg: DictConfig, set_names: lis
     return rows
 
 
-def run(cfg: DictConfig, run_dir: str | Path) -> dict:
+def evaluate_ensemble(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Check everything, evaluate, write results.json/.md (and probs.npz); returns results."""
     run_dir = Path(run_dir)
     if cfg.crops not in CROP_COUNTS:
         raise EnsembleError(f"crops must be one of {CROP_COUNTS}, got {cfg.crops}")
     if cfg.batch_crops < 1 or cfg.pop_stats_batches < 0:
         raise EnsembleError("batch_crops must be >= 1 and pop_stats_batches >= 0")
-    ex = train.build_exec(cfg, distributed.resolve_device(cfg.device, key="device"))
+    device = distributed.resolve_device(cfg.runtime.device, key="runtime.device")
+    runtime = engine.build_runtime(cfg.runtime, cfg.data, device)
     specs = cfg.checkpoints
     paths = find_checkpoints(specs if isinstance(specs, str) else list(specs))
     members = [load_member(p) for p in paths]
@@ -334,34 +324,35 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     for m in members:  # two checkpoints of one run: tell them apart by file name
         if names.count(m.name) > 1:
             m.name = f"{m.name}/{m.path.name}"
-    train_ds, val_ds, classes = data.build_datasets(cfg.data)
+    train_ds, val_ds, classes = build_datasets(cfg.data)
     check_members(members, list(classes), cfg.data.in_chans)
     images = ValImages(val_ds, cfg.max_images)
     if len(images) == 0:
         raise EnsembleError(f"the val set under {cfg.data.root} is empty: check data.root")
     print(f"{len(members)} member(s): " + ", ".join(str(m.path) for m in members))
-    print(f"{len(images)} images x {cfg.crops} crops at {cfg.resolution} px on {ex.device}")
+    print(f"{len(images)} images x {cfg.crops} crops at {cfg.resolution} px on {device}")
 
     for m in members:
-        m.model.to(ex.device)
-        if ex.channels_last:
+        m.model.to(device)
+        if runtime.channels_last:
             m.model.to(memory_format=torch.channels_last)
     model_sets, set_names = [[m.model for m in members]], ["moving"]
     if cfg.pop_stats_batches:
-        model_sets.append(_pop_stats_models(members, cfg, train_ds, ex))
+        model_sets.append(_pop_stats_models(members, cfg, train_ds, runtime))
         set_names.append("population")
+    if runtime.compile:
+        model_sets = [[torch.compile(model) for model in models] for models in model_sets]
 
-    loader = image_loader(images, cfg.batch_crops // cfg.crops, cfg.data.num_workers, ex.device)
+    loader = image_loader(images, cfg.batch_crops // cfg.crops, cfg.data.num_workers, device)
     start = time.time()
-    ev = evaluate(
+    ev = evaluate_crops(
         model_sets,
         loader,
         n_crops=cfg.crops,
         resolution=cfg.resolution,
-        prepare=lambda crops: data.normalize(crops, cfg.data, channels_last=ex.channels_last),
-        ex=ex,
+        runtime=runtime,
         save_probs=cfg.save_probs,
-        progress=cfg.progress,
+        progress=cfg.runtime.progress,
         total=len(images),
     )
     seconds = time.time() - start
@@ -383,17 +374,35 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
         "classes": len(classes),
         "images_per_s": ev.images / seconds,
         "config": OmegaConf.to_container(cfg, resolve=True),
-        "git_sha": checkpoint.git_sha(),
-        "environment": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "device": torch.cuda.get_device_name() if ex.device.type == "cuda" else "cpu",
-        },
+        "git_sha": (env := environment(device))["git_sha"],
+        "environment": env,
     }
     _write(results, ev, members, classes, run_dir, cfg)
     if cfg.logger.wandb.mode != "disabled":
         _log_wandb(results, members, cfg, run_dir)
     return results
+
+
+def figure4_markdown(rows: list[dict]) -> str:
+    """The Figure 4 table: our errors (results.json rows) beside the paper's (docs/paper.md
+    section 4) where the paper has the same number of crops and models."""
+    lines = [
+        "| model | resolution | crops | models | top-1 error | top-5 error | paper top-1 | paper top-5 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        paper = FIGURE4.get((r["crops"], r["models"]), (None, None))
+        lines.append(
+            f"| {r['model']} | {r['resolution']} | {r['crops']} | {r['models']} "
+            f"| {percent(r['top1_error'])} | {percent(r['top5_error'])} "
+            f"| {percent(paper[0])} | {percent(paper[1])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def percent(x: float | None) -> str:
+    """A fraction as the paper's tables write it (one decimal), "-" for none."""
+    return "-" if x is None else f"{100 * x:.1f}%"
 
 
 def _markdown(results: dict) -> str:
@@ -469,15 +478,15 @@ def _hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     try:
-        run(cfg, HydraConfig.get().runtime.output_dir)
+        evaluate_ensemble(cfg, HydraConfig.get().runtime.output_dir)
     except (EnsembleError, FileNotFoundError, ValueError) as e:  # bad input: data.py's included
         print(f"bnrepro-ensemble: error: {e}", file=sys.stderr)
         sys.exit(2)
 
 
-def main() -> None:
-    """bnrepro-ensemble (Hydra overrides on the command line; see configs/ensemble.yaml)."""
-    _hydra_main()
+def main(argv: list[str] | None = None) -> None:
+    """bnrepro-ensemble [overrides] (see configs/ensemble.yaml)."""
+    run_hydra_app(_hydra_main, argv)
 
 
 if __name__ == "__main__":

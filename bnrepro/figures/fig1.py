@@ -3,7 +3,7 @@
     bnrepro-fig1                                  # full size: 50,000 steps of 60 (a few minutes)
     bnrepro-fig1 --steps 300 --eval-every 100 --png /tmp/f.png --json /tmp/f.json   # smoke run
 
-The paper (paper.md section 6): 784-100-100-100-10, sigmoid hidden units, weights from a small
+The paper (docs/paper.md section 6): 784-100-100-100-10, sigmoid hidden units, weights from a small
 random Gaussian, softmax cross-entropy, 50,000 steps of mini-batches of 60; the same network with BN
 on each hidden layer, placed before the sigmoid (section 3.2). Figure 1(a) is test accuracy vs
 steps for both; 1(b, c) the 15th/50th/85th percentiles of the input to one sigmoid of the last
@@ -11,7 +11,7 @@ hidden layer over training, without BN (b) and with BN (c).
 
 Choices the paper leaves open, all [ours], picked once and not tuned (results/mnist_fig1.md):
 plain SGD (no momentum, no weight decay) at LR 0.1; init std 0.1 for every weight matrix, zero
-biases; pixels scaled to [0, 1]; BN epsilon 1e-3 (paper.md section 2); evaluation every 500 steps on
+biases; pixels scaled to [0, 1]; BN epsilon 1e-3 (docs/paper.md section 2); evaluation every 500 steps on
 the whole test set (from step 500 on), with BN in inference mode (moving-average population statistics, Algorithm 2);
 the monitored unit is unit 0 of the last hidden layer. Both networks start from the same weights
 and see the same mini-batches, so the only difference is BN.
@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,7 +33,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bnrepro.mnist import load_mnist, mnist_source
+from bnrepro.data.mnist import load_mnist, mnist_source
+from bnrepro.provenance import environment
 
 PERCENTILES = (15, 50, 85)  # Figure 1(b, c)
 
@@ -47,7 +46,7 @@ class Fig1Config:
     hidden: tuple[int, ...] = (100, 100, 100)  # section 4.1: 3 hidden layers of 100 sigmoids
     lr: float = 0.1  # [ours]
     init_std: float = 0.1  # [ours] "small random Gaussian values" (section 4.1)
-    bn_eps: float = 1e-3  # [ours] paper.md section 2
+    bn_eps: float = 1e-3  # [ours] docs/paper.md section 2
     eval_every: int = 500  # [ours]
     unit: int = 0  # [ours] which sigmoid of the last hidden layer Figure 1(b, c) follows
     seed: int = 0
@@ -97,7 +96,7 @@ def init_gaussian(model: nn.Module, std: float, generator: torch.Generator) -> N
 
 
 @torch.no_grad()
-def evaluate(model: SigmoidMLP, x: torch.Tensor, y: torch.Tensor, unit: int) -> dict:
+def evaluate_mlp(model: SigmoidMLP, x: torch.Tensor, y: torch.Tensor, unit: int) -> dict:
     """Test accuracy and the percentiles of one last-layer sigmoid input, in inference mode."""
     model.eval()
     logits, z = model.forward_with_last_input(x)
@@ -109,7 +108,7 @@ def evaluate(model: SigmoidMLP, x: torch.Tensor, y: torch.Tensor, unit: int) -> 
     }
 
 
-def run(cfg: Fig1Config) -> dict:
+def train_figure1(cfg: Fig1Config) -> dict:
     """Train both networks side by side; return every number behind the figure."""
     if cfg.steps < 1 or cfg.eval_every < 1 or cfg.batch_size < 1:
         raise ValueError("--steps, --eval-every and --batch-size must be positive integers")
@@ -159,7 +158,7 @@ def run(cfg: Fig1Config) -> dict:
             since = done - (eval_steps[-1] if eval_steps else 0)
             eval_steps.append(done)
             for name, (net, _) in nets.items():
-                for k, v in evaluate(net, x_test, y_test, cfg.unit).items():
+                for k, v in evaluate_mlp(net, x_test, y_test, cfg.unit).items():
                     curves[name][k].append(v)
                 curves[name]["train_loss"].append(round(loss_sums[name] / since, 4))
                 loss_sums[name] = 0.0
@@ -174,33 +173,7 @@ def run(cfg: Fig1Config) -> dict:
         "steps": eval_steps,
         "curves": curves,
         "runtime_s": round(time.perf_counter() - start, 1),
-        "environment": _environment(),
-    }
-
-
-def _environment() -> dict:
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(
-                ["git", *args],
-                capture_output=True,
-                text=True,
-                cwd=Path(__file__).parent,
-                check=True,
-            )
-            return out.stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return None
-
-    status = git("status", "--porcelain")
-    return {
-        "git_sha": git("rev-parse", "HEAD"),
-        "git_dirty": None if status is None else bool(status),  # uncommitted changes?
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "machine": platform.platform(),
-        "threads": torch.get_num_threads(),
+        "environment": environment(),
     }
 
 
@@ -287,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        result = run(cfg)
+        result = train_figure1(cfg)
     finally:
         torch.set_num_threads(threads)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

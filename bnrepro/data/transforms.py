@@ -1,4 +1,4 @@
-"""Decoding and the paper's augmentation, on uint8 images (paper.md section 3).
+"""Decoding and the paper's augmentation, on uint8 images (docs/paper.md section 3).
 
 Training: a random-sized crop (8-100% of the area, aspect 3/4-4/3, GoogLeNet section 6) resized
 to `train_crop`, a horizontal flip, and a photometric distortion whose strength the experiment

@@ -1,0 +1,30 @@
+"""Data: ImageNet as researchers keep it, the synthetic stand-in and MNIST, as uint8 batches.
+
+layouts     where the files are (three ImageNet layouts) -> Split
+transforms  decoding and the paper's augmentation (docs/paper.md section 3)
+datasets    ImageFiles / ArrayImages, skipping unreadable files; build_datasets(data_cfg)
+sampler     the training order (full or shard shuffling), per rank, resumable
+gpu_decode  data.decode=gpu: batched JPEG decoding and augmentation on the GPU
+loaders     build_train_loader / build_val_loader
+synthetic   the synthetic ImageNet-shaped JPEG tree (bnrepro-synthetic)
+mnist       real MNIST digits offline
+"""
+
+from bnrepro.data.datasets import ArrayImages, ImageFiles, build_datasets, skipped_files
+from bnrepro.data.gpu_decode import DeviceDecodeLoader
+from bnrepro.data.layouts import Split, find_imagenet
+from bnrepro.data.loaders import build_train_loader, build_val_loader
+from bnrepro.data.sampler import EpochSampler
+
+__all__ = [
+    "ArrayImages",
+    "DeviceDecodeLoader",
+    "EpochSampler",
+    "ImageFiles",
+    "Split",
+    "build_datasets",
+    "build_train_loader",
+    "build_val_loader",
+    "find_imagenet",
+    "skipped_files",
+]

@@ -1,0 +1,146 @@
+"""Datasets: image files through the paper's transforms, in-memory MNIST, and `build_datasets`.
+
+An unreadable file (corrupt, truncated, not an image) is skipped in one place,
+`ImageFiles.try_load`: marked bad in a shared-memory flag that every worker process sees, warned
+about once with its path, and counted (`skipped_files`). Training replaces it by the next readable
+file; evaluation leaves it out.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Callable
+from typing import TypeVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import Dataset
+
+from bnrepro.data import transforms as T
+from bnrepro.data.layouts import Split, find_imagenet
+from bnrepro.data.mnist import load_mnist
+from bnrepro.data.synthetic import ensure_tree
+
+MAX_BAD_IN_A_ROW = 32  # this many unreadable files in a row means a broken tree, not bad luck
+TAG_SHUFFLE, TAG_SHARDS, TAG_AUGMENT = 1, 2, 3  # keep the random streams apart
+
+Loaded = TypeVar("Loaded")
+
+
+def augment_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The random stream of one training sample's augmentation: a function of (seed, epoch,
+    index) only, so the worker count and the decode path never change a crop."""
+    return np.random.default_rng([seed, epoch, index, TAG_AUGMENT])
+
+
+class ImageFiles(Dataset):
+    """Image files through a transform. A key is an index, or (index, epoch, seed) from the
+    training sampler: the augmentation's randomness comes from that triple only."""
+
+    def __init__(self, split: Split, transform: T.TrainTransform | T.EvalTransform):
+        self.split, self.transform = split, transform
+        self.train = isinstance(transform, T.TrainTransform)
+        self.bad = torch.zeros(len(split.files), dtype=torch.bool).share_memory_()
+
+    def __len__(self) -> int:
+        return len(self.split.files)
+
+    def __getitem__(self, key: int | tuple[int, int, int]) -> tuple[torch.Tensor, int]:
+        index, epoch, seed = key if isinstance(key, tuple) else (key, 0, 0)
+        for attempt in range(MAX_BAD_IN_A_ROW):
+            i = (index + attempt) % len(self)
+            image = self.try_load(i, functools.partial(self._transform, i, epoch, seed))
+            if image is not None:
+                return image, int(self.split.labels[i])
+        raise RuntimeError(
+            f"{MAX_BAD_IN_A_ROW} unreadable images in a row after {self.split.path(index)}: "
+            "is data.root an image tree?"
+        )
+
+    def _transform(self, i: int, epoch: int, seed: int, data: bytes) -> torch.Tensor:
+        if self.train:
+            return self.transform(data, augment_rng(seed, epoch, i))
+        return self.transform(data)
+
+    def read(self, i: int) -> bytes:
+        with open(self.split.path(i), "rb") as f:
+            return f.read()
+
+    def try_load(self, i: int, load: Callable[[bytes], Loaded]) -> Loaded | None:
+        """load(file bytes of image i), or None if the file is unreadable: then it is marked bad,
+        warned about once (with its path) and counted; a file marked bad is not read again."""
+        if self.bad[i]:
+            return None
+        try:
+            return load(self.read(i))
+        except Exception as err:  # noqa: BLE001 - any reader or decoder error means "skip this file"
+            if not self.bad[i]:
+                self.bad[i] = True
+                warnings.warn(
+                    f"skipping unreadable image {self.split.path(i)}: {err}", stacklevel=2
+                )
+            return None
+
+
+class ArrayImages(Dataset):
+    """In-memory uint8 images [N, C, H, W] (MNIST): no decoding, and no augmentation whatever
+    data.augment says (the experiments' crop and colour settings are for photographs)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        self.images, self.labels = images, labels
+        self.bad = torch.zeros(0, dtype=torch.bool)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key: int | tuple[int, int, int]) -> tuple[torch.Tensor, int]:
+        index = key[0] if isinstance(key, tuple) else key
+        return self.images[index], int(self.labels[index])
+
+
+def skipped_files(dataset: Dataset) -> int:
+    """How many unreadable files the dataset has skipped so far (all worker processes)."""
+    return int(dataset.bad.sum())
+
+
+def _mnist(cfg: DictConfig) -> tuple[ArrayImages, ArrayImages, list[str]]:
+    if cfg.in_chans != 1 or cfg.train_crop != cfg.eval_crop:
+        raise ValueError("data=mnist needs data.in_chans=1 and data.train_crop == data.eval_crop")
+    arrays = load_mnist(cfg.root)
+    out = []
+    for split in ("train", "test"):
+        x = torch.from_numpy(arrays[f"x_{split}"]).unsqueeze(1).float()
+        x = F.interpolate(x, size=(cfg.train_crop, cfg.train_crop), mode="bilinear", antialias=True)
+        images = x.round().clamp(0, 255).to(torch.uint8)
+        out.append(ArrayImages(images, torch.from_numpy(arrays[f"y_{split}"]).long()))
+    return out[0], out[1], [str(d) for d in range(10)]
+
+
+def build_datasets(data_cfg: DictConfig) -> tuple[Dataset, Dataset, list[str]]:
+    """(train_ds, val_ds, classes) for data.name imagenet | synthetic | mnist."""
+    cfg = data_cfg
+    if cfg.name == "mnist":
+        return _mnist(cfg)
+    if OmegaConf.is_missing(cfg, "root") or cfg.root is None:
+        raise ValueError("data.root is not set: data.root=/path/to/imagenet")
+    if cfg.in_chans != 3 or len(cfg.mean) != 3 or len(cfg.std) != 3:
+        raise ValueError(f"data={cfg.name} is RGB: set data.in_chans=3 and 3-value mean and std")
+    if cfg.name == "synthetic":
+        ensure_tree(cfg.root, num_classes=cfg.num_classes, **cfg.synthetic)
+    train, val, classes = find_imagenet(cfg.root)
+    if len(classes) != cfg.num_classes:
+        raise ValueError(
+            f"{cfg.root} has {len(classes)} classes but data.num_classes={cfg.num_classes}: "
+            f"set data.num_classes={len(classes)}"
+        )
+    try:
+        aug = T.Augment(**cfg.augment)
+    except TypeError as err:
+        keys = list(T.Augment.__dataclass_fields__)
+        raise ValueError(f"data.augment: {err}; its keys are {keys}") from err
+    train_ds = ImageFiles(train, T.TrainTransform(cfg.train_crop, aug))
+    val_ds = ImageFiles(val, T.EvalTransform(cfg.eval_resize, cfg.eval_crop))
+    return train_ds, val_ds, classes

@@ -1,0 +1,169 @@
+"""What every entry point shares (as deit's engine.py): the runtime, the builders, evaluation.
+
+    runtime = build_runtime(cfg.runtime, cfg.data, device)  # device, AMP, memory format, input norm
+    data = build_data(cfg, rank=0, world_size=1)           # datasets, loaders, class list
+    model = build_model(cfg, data.classes)                  # timm's bn_inception from cfg.model
+    metrics = evaluate(model, data.val_loader, runtime)     # single-crop val loss, top-1, top-5
+
+bnrepro-train (train.py), bnrepro-ensemble and bnrepro-bn-stats (evaluation/) and the benchmarks
+build from here; nothing here imports them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import timm
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+import bnrepro  # noqa: F401  (registers bn_inception with timm)
+from bnrepro import data as datasets
+from bnrepro import distributed
+from bnrepro.config import model_kwargs
+from bnrepro.metrics import topk_correct
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How tensors run: the device, the autocast dtype (None = fp32), the memory format, whether
+    to torch.compile, and the input normalisation (the data's mean and std in 0-255 units)."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    compile: bool
+    mean: torch.Tensor  # [1, C, 1, 1] on `device`
+    std: torch.Tensor
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        enabled = self.amp_dtype is not None
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=enabled)
+
+    def inputs(self, images: torch.Tensor) -> torch.Tensor:
+        """The loader's uint8 [B, C, H, W] -> normalised float32 on the device. The uint8 batch
+        is what crosses the bus (4x fewer bytes than float)."""
+        if images.dtype != torch.uint8:
+            raise TypeError(f"the model's inputs start as the loader's uint8, got {images.dtype}")
+        images = images.to(self.device, non_blocking=True)
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        return images.contiguous(memory_format=fmt).float().sub_(self.mean).div_(self.std)
+
+
+def build_runtime(runtime_cfg: DictConfig, data_cfg: DictConfig, device: torch.device) -> Runtime:
+    """The Runtime of configs/runtime/*.yaml on `device` (from distributed.setup/resolve_device)."""
+    cuda = device.type == "cuda"
+    amp = runtime_cfg.amp if runtime_cfg.amp != "auto" else ("bf16" if cuda else "none")
+    if amp not in AMP_DTYPES or (amp == "fp16" and not cuda):
+        raise ValueError(f"runtime.amp={amp!r}: use auto, none, bf16 (CPU or GPU) or fp16 (GPU)")
+    if cuda and runtime_cfg.tf32:  # TF32 matmul/conv on Ampere+: ~fp32 accuracy, much faster
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    channels_last = cuda if runtime_cfg.channels_last == "auto" else bool(runtime_cfg.channels_last)
+    mean = torch.tensor(list(data_cfg.mean), device=device).view(1, -1, 1, 1) * 255
+    std = torch.tensor(list(data_cfg.std), device=device).view(1, -1, 1, 1) * 255
+    return Runtime(device, AMP_DTYPES[amp], channels_last, bool(runtime_cfg.compile), mean, std)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Data:
+    classes: list[str]
+    train_ds: torch.utils.data.Dataset
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader
+
+
+def build_data(cfg: DictConfig, *, rank: int, world_size: int) -> Data:
+    """cfg.data's datasets and this rank's loaders (the training order seeded by cfg.seed)."""
+    train_ds, val_ds, classes = datasets.build_datasets(cfg.data)
+    return Data(
+        classes=list(classes),
+        train_ds=train_ds,
+        train_loader=datasets.build_train_loader(
+            cfg.data, train_ds, seed=cfg.seed, rank=rank, world_size=world_size
+        ),
+        val_loader=datasets.build_val_loader(cfg.data, val_ds, rank=rank, world_size=world_size),
+    )
+
+
+def arch_of(cfg: DictConfig, classes: list[str]) -> dict:
+    """What rebuilds the network: timm name + keyword arguments (stored in checkpoints)."""
+    kwargs = model_kwargs(cfg.model, len(classes), cfg.data.in_chans)
+    return {"name": cfg.model.name, "kwargs": OmegaConf.to_container(OmegaConf.create(kwargs))}
+
+
+def build_model(cfg: DictConfig, classes: list[str]) -> nn.Module:
+    arch = arch_of(cfg, classes)
+    return timm.create_model(arch["name"], **arch["kwargs"])
+
+
+def training_batches(
+    loader: torch.utils.data.DataLoader, epoch: int, start_batch: int
+) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
+    """Endless (epoch, batches done in that epoch, images, labels), from a saved data position."""
+    while True:
+        loader.sampler.set_epoch(epoch, start_batch=start_batch)
+        # iter() draws worker seeds from the global RNG: fork it, so that the training randomness
+        # (dropout) does not depend on where a run was resumed.
+        with torch.random.fork_rng(devices=[]):
+            iterator = iter(loader)
+        for position, (images, labels) in enumerate(iterator, start=start_batch + 1):
+            yield epoch, position, images, labels
+        epoch, start_batch = epoch + 1, 0
+
+
+def training_inputs(
+    loader: torch.utils.data.DataLoader, runtime: Runtime
+) -> Iterator[torch.Tensor]:
+    """Model-ready training inputs in epoch 0's order, for Algorithm 2 (evaluation/bn_stats.py)."""
+    for _, _, images, _ in training_batches(loader, 0, 0):
+        yield runtime.inputs(images)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    runtime: Runtime,
+    *,
+    max_images: int | None = None,
+    dist: distributed.Dist | None = None,
+) -> dict:
+    """Single-centre-crop val loss, top-1, top-5 (fractions), summed over ranks; the first
+    `max_images` images (over all ranks) when given."""
+    if dist is not None:
+        distributed.broadcast_buffers(model, dist)  # every rank evaluates rank 0's model
+    was_training = model.training
+    model.eval()
+    totals = torch.zeros(4, dtype=torch.float64, device=runtime.device)  # loss, top1, top5, n
+    world_size = dist.world_size if dist else 1
+    with torch.random.fork_rng(devices=[]):  # evaluating must not shift the training randomness
+        for images, labels in loader:
+            labels = labels.to(runtime.device, non_blocking=True)
+            with runtime.autocast():
+                logits = model(runtime.inputs(images)).float()
+            correct = topk_correct(logits, labels, ks=(1, 5))
+            totals[0] += F.cross_entropy(logits, labels, reduction="sum")
+            totals[1] += correct[1].sum()
+            totals[2] += correct[5].sum()
+            totals[3] += len(labels)
+            if max_images and totals[3] * world_size >= max_images:
+                break
+    if dist is not None:
+        distributed.all_sum(totals, dist)
+    model.train(was_training)
+    loss, top1, top5, n = totals.tolist()
+    return {"val/loss": loss / n, "val/top1": top1 / n, "val/top5": top5 / n}

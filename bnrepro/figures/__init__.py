@@ -1,0 +1,6 @@
+"""The paper's figures and the tools around them.
+
+fig1       Figure 1 on real MNIST: a sigmoid MLP with and without BN (bnrepro-fig1)
+report     Figures 2-4 from run folders or W&B (bnrepro-report)
+dashboard  the W&B report comparing the variants (bnrepro-dashboard)
+"""

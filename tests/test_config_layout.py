@@ -1,0 +1,69 @@
+"""The config groups say where every value comes from: data groups hold only data, the CPU scale of
+small data is its own group, `runtime` holds how a run executes; and every composition gives the
+values it gave before this layout (tests/data/configs_before_restructure.json)."""
+
+import json
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from bnrepro.config import CONFIG_DIR, compose
+from bnrepro.paper import PAPER_BATCH
+
+BEFORE = json.loads(
+    (Path(__file__).parent / "data" / "configs_before_restructure.json").read_text()
+)
+RUNTIME_KEYS = ("device", "amp", "channels_last", "compile", "tf32", "progress")
+MOVED = {f"trainer.{k}": f"runtime.{k}" for k in RUNTIME_KEYS}  # old key -> new key
+REPLACED = {"optim.reference_batch": PAPER_BATCH}  # old key -> the constant that replaces it
+
+
+def flat(cfg, prefix: str = "") -> dict:
+    out = {}
+    for k, v in cfg.items():
+        if isinstance(v, dict) and v:
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def expected(case: str) -> dict:
+    values = dict(BEFORE["default"])
+    if case != "default":
+        values.update(BEFORE["cases"][case]["differs"])
+        for key in BEFORE["cases"][case]["absent"]:
+            del values[key]
+    for old, constant in REPLACED.items():
+        assert values.pop(old) == constant
+    return {MOVED.get(k, k): v for k, v in values.items()}
+
+
+@pytest.mark.parametrize("case", ["default", *BEFORE["cases"]])
+def test_every_composition_gives_its_values_from_before(case):
+    overrides = [] if case == "default" else BEFORE["cases"][case]["overrides"]
+    now = flat(OmegaConf.to_container(compose("train", overrides), resolve=False))
+    assert now == expected(case)
+
+
+@pytest.mark.parametrize("name", ["imagenet", "synthetic", "mnist"])
+def test_data_configs_hold_only_data(name):
+    text = (Path(CONFIG_DIR) / "data" / f"{name}.yaml").read_text()
+    assert "@package" not in text  # the group's own package: `data`
+    assert set(OmegaConf.create(text)) <= {"defaults"} | set(compose("train").data)
+
+
+def test_small_data_brings_its_scale_and_imagenet_none():
+    synthetic, imagenet = compose("train"), compose("train", ["data=imagenet"])
+    scale = OmegaConf.load(Path(CONFIG_DIR) / "scale" / "synthetic.yaml")
+    assert synthetic.model.width_mult == scale.model.width_mult == 0.25
+    assert synthetic.trainer.max_images == scale.trainer.max_images
+    assert imagenet.model.width_mult == 1.0 and imagenet.trainer.max_images > 1e8
+    assert not (Path(CONFIG_DIR) / "scale" / "imagenet.yaml").exists()
+
+
+def test_ensemble_config_has_runtime_and_data_but_no_training_keys():
+    cfg = compose("ensemble", ["checkpoints=x.pt"])
+    assert set(cfg.runtime) == set(RUNTIME_KEYS) == set(compose("train").runtime)
+    assert not {"model", "optim", "trainer"} & set(cfg)
