@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bnrepro.errors import UserError
 from bnrepro.provenance import git_sha
 
 FORMAT = "bnrepro-checkpoint/1"
@@ -39,7 +40,7 @@ _MAY_CHANGE = (
 _MUST_MATCH = ("trainer.grad_accum",)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be used for this run; the message says why and what to do."""
 
 

@@ -38,6 +38,7 @@ from bnrepro import checkpoint, distributed, engine
 from bnrepro.config import CONFIG_DIR, run_hydra_app
 from bnrepro.data import ArrayImages, ImageFiles, build_datasets, build_train_loader
 from bnrepro.data.transforms import decode
+from bnrepro.errors import UserError
 from bnrepro.evaluation.bn_stats import population_model
 from bnrepro.evaluation.crops import CROP_COUNTS, cut_crops
 from bnrepro.metrics import topk_correct
@@ -45,7 +46,7 @@ from bnrepro.paper import FIGURE4
 from bnrepro.provenance import environment
 
 
-class EnsembleError(RuntimeError):
+class EnsembleError(UserError):
     """Bad input to the evaluator; the message names the problem and the fix."""
 
 
