@@ -81,6 +81,23 @@ def test_figure4_table_beside_the_paper():
     assert "| ensemble | 64 | 144 | 6 | 50.0% | 10.0% | 20.1% | 4.9% |" in md
 
 
+def test_figure4_says_when_members_were_selected_on_the_val_set(tmp_path):
+    row = {"model": "m", "resolution": 64, "crops": 1, "models": 1, "top1_error": 0.5,
+           "top5_error": 0.1, "changes": "member 2: dropout 5%, head BN"}  # fmt: skip
+    curves = report.pd.DataFrame(
+        {"experiment": ["inception"], "seed": [0], "run": ["r"], "paper_steps": [1.0],
+         "val/top1": [0.5]}
+    )  # fmt: skip
+    for selected in (False, True):
+        (tmp_path / "results.json").write_text(
+            json.dumps({"rows": [row], "selected_on_val": selected})
+        )
+        report.build_report(curves, tmp_path / "out", [str(tmp_path / "results.json")])
+        md = (tmp_path / "out" / "figure4.md").read_text()
+        assert "| member 2: dropout 5%, head BN |" in md
+        assert ("selected on this val set" in md) == selected
+
+
 def fake_bin(folder: Path, train: str = "", report: str = "") -> Path:
     """A BIN folder for scripts/proxy_fig23.sh: python and, unless replaced by a script body,
     the real bnrepro-train and bnrepro-report."""

@@ -23,7 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
-from bnrepro.evaluation.ensemble import figure4_markdown, paper_percent, percent
+from bnrepro.evaluation.ensemble import SELECTED_ON_VAL, figure4_markdown, paper_percent, percent
 from bnrepro.paper import FIGURE3
 
 ORDER = ["inception", "bn_baseline", "bn_x5", "bn_x30", "bn_x5_sigmoid", "inception_sigmoid"]
@@ -221,13 +221,17 @@ def plot_figure2(curves: pd.DataFrame, out: Path, title: str = "") -> None:
     plt.close(fig)
 
 
-def _ensemble_rows(paths: list[str]) -> list[dict]:
-    rows = []
+def _ensemble_rows(paths: list[str]) -> tuple[list[dict], bool]:
+    """The rows of bnrepro-ensemble's results.json files, and whether any of their members was
+    picked on the val set they report (member_checkpoint=best)."""
+    rows, selected_on_val = [], False
     for path in map(Path, paths):
         for f in [path] if path.is_file() else sorted(path.rglob("results.json")):
             data = json.loads(f.read_text())
-            rows += data.get("rows", []) if isinstance(data, dict) else []
-    return rows
+            if isinstance(data, dict):
+                rows += data.get("rows", [])
+                selected_on_val |= bool(data.get("selected_on_val"))
+    return rows, selected_on_val
 
 
 def build_report(df: pd.DataFrame, out: Path, ensemble: list[str] = (), title: str = "") -> dict:
@@ -240,9 +244,10 @@ def build_report(df: pd.DataFrame, out: Path, ensemble: list[str] = (), title: s
     table = figure3_table(curves, reference)
     (out / "figure3.json").write_text(json.dumps(table, indent=2))
     (out / "figure3.md").write_text(figure3_markdown(table))
-    rows = _ensemble_rows(list(ensemble))
+    rows, selected_on_val = _ensemble_rows(list(ensemble))
     if rows:
-        (out / "figure4.md").write_text(figure4_markdown(rows))
+        note = "\n" + "\n".join(SELECTED_ON_VAL) if selected_on_val else ""
+        (out / "figure4.md").write_text(figure4_markdown(rows) + note)
     return table
 
 
