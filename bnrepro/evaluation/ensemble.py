@@ -12,9 +12,10 @@ A run folder gives its last checkpoint (member_checkpoint=last, the default) or 
 (member_checkpoint=best: picked on the val set that is then reported, which the results say).
 Every member is checked (exists, loads, a timm architecture, the same class list as the others
 and as the val set) before any image is read. With pop_stats_batches, Algorithm 2 runs on each
-member's own training pipeline (its checkpoint's data config: colour strength, batch size, ...). Each image is decoded once; its crops are cut from
-the decoded tensor on the device (bnrepro/evaluation/crops.py); the crops of several images go through each
-member as one batch, and all members see a batch before the next is loaded. Writes results.json,
+member's own training pipeline (its checkpoint's data config: colour strength, batch size, ...).
+Each image is decoded once; its crops are cut from the decoded tensor on the device
+(bnrepro/evaluation/crops.py); the crops of several images go through each member as one
+batch, and all members see a batch before the next is loaded. Writes results.json,
 results.md (and probs.npz with save_probs=true) into the run folder; exit status 0 on success,
 2 with a one-line message on bad input.
 """
