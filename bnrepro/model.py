@@ -141,7 +141,8 @@ class BNInception(nn.Module):
         separable_conv1: conv1 as Figure 5 prints it (depthwise, multiplier 8) instead of plain 7x7.
         width_mult: scales every channel count, for small-scale runs.
         head_bn: per-activation BN on the classifier's input (the ensemble members, section 4.2.3).
-        init_gain: multiplies the initial conv weights (the ensemble's "larger initial weights").
+        init_gain: multiplies the initial conv weights (the ensemble's "larger initial weights");
+            with BN the output is unchanged, only the effective step size (lr / gain^2) is.
         bn_eps, bn_momentum: BN's epsilon and running-average momentum (docs/paper.md section 2, [ours]).
         lrn_size, lrn_alpha, lrn_beta: GoogLeNet's LRN parameters.
     """

@@ -54,6 +54,11 @@ def check_config(cfg: DictConfig) -> None:
         raise ValueError(f"trainer.grad_accum must be an integer >= 1, got {t.grad_accum!r}")
     if t.pop_stats_batches and not (cfg.model.batch_norm or cfg.model.head_bn):
         raise ValueError("trainer.pop_stats_batches needs a BN network: set model.batch_norm=true")
+    if "member" in cfg and cfg.member not in range(len(cfg.members)):  # bn_x30_ensemble's table
+        raise ValueError(
+            f"member={cfg.member!r} is no row of the ensemble's members table: use 0-"
+            f"{len(cfg.members) - 1} (configs/experiment/{cfg.experiment_name}.yaml)"
+        )
     if not hasattr(signal, f"SIG{t.preempt_signal.removeprefix('SIG')}"):
         raise ValueError(f"trainer.preempt_signal={t.preempt_signal!r} is no signal (e.g. USR2)")
 

@@ -61,5 +61,5 @@ echo "bn_x30_ensemble_members $members"
 
 id=$(sbatch "${common[@]}" --dependency="afterok:$members" --kill-on-invalid-dep=yes \
   --gpus-per-node="$ensemble_gpus" --cpus-per-task="${CPUS:-8}" "$SLURM_DIR/ensemble.sbatch" \
-  checkpoints="$OUT_DIR/bn_x30_ensemble_seed*" out_dir="$OUT_DIR" "$@" "${ensemble_args[@]}")
+  checkpoints="$OUT_DIR/bn_x30_ensemble_member*" out_dir="$OUT_DIR" "$@" "${ensemble_args[@]}")
 echo "ensemble $(job_id "$id")"

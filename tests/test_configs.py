@@ -46,10 +46,48 @@ def test_experiment_values_match_the_paper(name):
         assert cfg.data.shuffle == "full" and cfg.data.augment.color_strength < 1.0
 
 
-def test_ensemble_member_changes():
-    cfg = compose("train", ["experiment=bn_x30_ensemble", "seed=3", "model.dropout=0.1"])
-    assert cfg.model.head_bn and cfg.model.init_gain > 1.0
-    assert (cfg.seed, cfg.model.dropout, cfg.run_name) == (3, 0.1, "bn_x30_ensemble_seed3")
+def test_ensemble_members_are_six_distinct_subsets_of_the_papers_changes():
+    """Section 4.2.3: each member is BN-x30 "modified via some of" larger initial conv weights,
+    dropout of 5% or 10%, per-activation BN in the last hidden layers; `member` picks the row."""
+    bn_x30 = compose("train", ["experiment=bn_x30"])
+    changes = []
+    for member in range(6):
+        cfg = compose("train", ["experiment=bn_x30_ensemble", f"member={member}"])
+        m = cfg.model
+        assert (
+            m.init_gain in (1.0, 1.5)
+            and m.dropout in (0.0, 0.05, 0.1)
+            and m.head_bn in (True, False)
+        )
+        assert (m.init_gain, m.dropout, m.head_bn) != (1.0, 0.0, False)  # "some of": at least one
+        assert dict(cfg.members[member]) == {"init_gain": m.init_gain, "dropout": m.dropout,
+                                             "head_bn": m.head_bn}  # fmt: skip
+        assert (cfg.seed, cfg.run_name) == (member, f"bn_x30_ensemble_member{member}_seed{member}")
+        for key in ("optim", "data", "trainer"):  # otherwise BN-x30
+            assert cfg[key] == bn_x30[key]
+        changes.append((m.init_gain, m.dropout, m.head_bn))
+    assert len(set(changes)) == 6
+    assert {d for _, d, _ in changes} == {0.05, 0.1}  # both dropouts are run
+    assert {g for g, _, _ in changes} == {1.0, 1.5} and {h for *_, h in changes} == {True, False}
+    # a member can still be changed by hand, and its seed set apart from its row
+    cfg = compose(
+        "train", ["experiment=bn_x30_ensemble", "member=3", "seed=7", "model.dropout=0.2"]
+    )
+    assert (cfg.seed, cfg.model.dropout, cfg.run_name) == (7, 0.2, "bn_x30_ensemble_member3_seed7")
+
+
+def test_a_member_outside_the_table_is_refused():
+    from bnrepro.train import check_config
+
+    with pytest.raises(ValueError, match=r"member=6 is no row .* use 0-5"):
+        check_config(compose("train", ["experiment=bn_x30_ensemble", "member=6"]))
+
+
+def test_the_slurm_array_trains_member_i():
+    script = (Path(__file__).resolve().parents[1] / "slurm/ensemble_members.sbatch").read_text()
+    assert "#SBATCH --array=0-5" in script
+    assert 'experiment=bn_x30_ensemble member="$member"' in script
+    assert "member=${SLURM_ARRAY_TASK_ID" in script
 
 
 def test_bn_baseline_is_inception_plus_bn_only():

@@ -17,6 +17,7 @@ import pytest
 import timm
 import torch
 from conftest import TINY_TRAIN, cpu_runtime
+from omegaconf import OmegaConf
 from sklearn.metrics import top_k_accuracy_score
 
 from bnrepro import checkpoint, train
@@ -68,11 +69,11 @@ def classes(tiny_data_root) -> list[str]:
 
 @pytest.fixture(scope="session")
 def trained_members(tiny_data_root, tmp_path_factory) -> Path:
-    """6 members trained for 2 steps each (seeds 0-5): a multirun-like folder of run folders."""
+    """The 6 members (member=0-5) trained for 2 steps each: a multirun-like folder of run folders."""
     out = tmp_path_factory.mktemp("members")
-    for seed in range(MEMBERS):
-        overrides = [*TINY_TRAIN, f"data.root={tiny_data_root}", f"out_dir={out}", f"seed={seed}",
-                     "experiment=bn_x30_ensemble", "trainer.max_images=32",
+    for member in range(MEMBERS):
+        overrides = [*TINY_TRAIN, f"data.root={tiny_data_root}", f"out_dir={out}",
+                     f"member={member}", "experiment=bn_x30_ensemble", "trainer.max_images=32",
                      "trainer.eval_every_images=32", "trainer.ckpt_every_images=32"]  # fmt: skip
         train.train(compose("train", overrides))
     return out
@@ -101,11 +102,17 @@ def test_find_checkpoints_in_files_folders_globs_and_runs(tmp_path) -> None:
     for f in ("x.pt", "y.pt"):
         (tmp_path / "loose" / f).touch()
     best = tmp_path / "multi" / "a_seed0" / "checkpoints" / "best.pt"
+    last = tmp_path / "multi" / "a_seed0" / "checkpoints" / "ckpt_000000000032.pt"
     newest = tmp_path / "multi" / "a_seed1" / "checkpoints" / "ckpt_000000000064.pt"
 
-    assert find_checkpoints(str(tmp_path / "multi")) == [best, newest]  # best, else the newest
+    assert find_checkpoints(str(tmp_path / "multi")) == [last, newest]  # the end of training
     assert find_checkpoints([str(tmp_path / "multi" / "a_seed1")]) == [newest]  # a run folder
-    assert find_checkpoints(str(tmp_path / "multi" / "a_seed*")) == [best, newest]  # a glob
+    assert find_checkpoints(str(tmp_path / "multi" / "a_seed*")) == [last, newest]  # a glob
+    assert find_checkpoints(str(tmp_path / "multi" / "a_seed0"), "best") == [best]  # on request
+    with pytest.raises(EnsembleError, match="a_seed1 has no best.pt: use member_checkpoint=last"):
+        find_checkpoints(str(tmp_path / "multi"), "best")
+    with pytest.raises(EnsembleError, match="member_checkpoint must be one of"):
+        find_checkpoints(str(tmp_path / "multi"), "newest")
     assert find_checkpoints([str(tmp_path / "loose")]) == [tmp_path / "loose" / "x.pt",
                                                            tmp_path / "loose" / "y.pt"]  # fmt: skip
     assert find_checkpoints([str(best)]) == [best]
@@ -206,6 +213,73 @@ def test_bad_crop_count_is_refused(tiny_data_root, classes, tmp_path, no_long_wo
         )
 
 
+# ---------------------------------------------------------------- which checkpoint, which pipeline
+
+
+def fake_run(folder: Path, classes: list[str], files: list[str], **config) -> Path:
+    """A run folder whose checkpoints are fake_checkpoint files with this training config."""
+    for i, name in enumerate(files):
+        fake_checkpoint(folder / "checkpoints" / name, classes, seed=i)
+        ckpt = checkpoint.load(folder / "checkpoints" / name)
+        ckpt["config"] = {"run_name": folder.name, "experiment_name": "fake", **config}
+        checkpoint.save(folder / "checkpoints" / name, ckpt)
+    return folder
+
+
+def test_best_checkpoints_only_on_request_and_then_the_table_says_so(
+    tiny_data_root, classes, tmp_path
+) -> None:
+    runs = tmp_path / "runs"
+    for i in range(2):
+        fake_run(runs / f"m{i}", classes, ["ckpt_000000000016.pt", "best.pt"], member=i,
+                 model={"init_gain": 1.5, "dropout": 0.05 * (i + 1), "head_bn": True})  # fmt: skip
+    last = ensemble.evaluate_ensemble(
+        ensemble_cfg(tiny_data_root, tmp_path, str(runs), "crops=1", "max_images=4"), tmp_path / "a"
+    )
+    assert [Path(m["checkpoint"]).name for m in last["members"]] == ["ckpt_000000000016.pt"] * 2
+    assert not last["selected_on_val"]
+    best = ensemble.evaluate_ensemble(
+        ensemble_cfg(tiny_data_root, tmp_path, str(runs), "crops=1", "max_images=4",
+                     "member_checkpoint=best"), tmp_path / "b",
+    )  # fmt: skip
+    assert [Path(m["checkpoint"]).name for m in best["members"]] == ["best.pt"] * 2
+    assert best["selected_on_val"] and all(m["selected_on_val"] for m in best["members"])
+    md = (tmp_path / "b" / "results.md").read_text()
+    assert "**Members selected on this val set**" in md
+    assert "| member 0: init x1.5, dropout 5%, head BN |" in md
+    assert best["members"][1]["changes"] == {"member": 1, "init_gain": 1.5, "dropout": 0.1,
+                                             "head_bn": True}  # fmt: skip
+
+
+def test_population_statistics_use_each_members_own_training_pipeline(
+    tiny_data_root, classes, tmp_path, monkeypatch
+) -> None:
+    """Algorithm 2 on each member's data config (as bnrepro-bn-stats does), not the ensemble's:
+    here the ensemble's colour strength is 1.0, the members trained at 0.5 and 0.25."""
+    cfg = ensemble_cfg(tiny_data_root, tmp_path, str(tmp_path / "runs"), "crops=1",
+                       "max_images=4", "pop_stats_batches=1")  # fmt: skip
+    assert cfg.data.augment.color_strength == 1.0
+    for i, (strength, batch) in enumerate([(0.5, 8), (0.25, 4)]):
+        data = OmegaConf.to_container(cfg.data, resolve=True)
+        data.update(root="/where/it/was/trained", batch_size=batch)
+        data["augment"]["color_strength"] = strength
+        fake_run(tmp_path / "runs" / f"m{i}", classes, ["ckpt_000000000016.pt"], data=data)
+    seen = []
+
+    def population_model(model, loader, runtime, num_batches):
+        aug = loader.dataset.transform.aug
+        seen.append((aug.color_strength, loader.batch_size, str(loader.dataset.split.root)))
+        return model
+
+    monkeypatch.setattr(ensemble, "population_model", population_model)
+    results = ensemble.evaluate_ensemble(cfg, tmp_path / "run")
+    root = str(build_datasets(cfg.data)[0].split.root)  # the data where this command reads it
+    assert seen == [(0.5, 8, root), (0.25, 4, root)]
+    assert [m["pop_stats_data"]["augment"]["color_strength"] for m in results["members"]] == [
+        0.5, 0.25,
+    ]  # fmt: skip
+
+
 def test_cli_exits_non_zero_with_one_line(tmp_path) -> None:
     cmd = [sys.executable, "-m", "bnrepro.evaluation.ensemble", f"checkpoints=[{tmp_path}/none.pt]",
            f"out_dir={tmp_path}"]  # fmt: skip
@@ -285,7 +359,9 @@ def test_six_members_equal_the_mean_of_their_saved_probs(
     np.testing.assert_allclose(probs.sum(-1), 1, rtol=1e-5)
     rows = results["rows"]
     assert [r["models"] for r in rows] == [1] * MEMBERS + [MEMBERS]
-    assert [r["model"] for r in rows[:MEMBERS]] == [f"bn_x30_ensemble_seed{s}" for s in range(6)]
+    assert [r["model"] for r in rows[:MEMBERS]] == [
+        f"bn_x30_ensemble_member{i}_seed{i}" for i in range(6)
+    ]
     assert {(r["crops"], r["resolution"], r["images"]) for r in rows} == {(crops, 32, max_images)}
     for r, p in zip(rows, [*probs, probs.mean(0)], strict=True):
         assert (r["top1_error"], r["top5_error"]) == pytest.approx(_errors(p, labels), abs=1e-12)
@@ -294,7 +370,16 @@ def test_six_members_equal_the_mean_of_their_saved_probs(
     assert labels.tolist() == val_labels.tolist()
     on_disk = json.loads((tmp_path / "results" / "results.json").read_text())
     assert on_disk["rows"] == rows
-    assert "| ensemble of 6 | 32 |" in (tmp_path / "run" / "results.md").read_text()
+    md = (tmp_path / "run" / "results.md").read_text()
+    assert "| ensemble of 6 | 32 |" in md
+    # the Figure 4 table lists each member's changes (configs/experiment/bn_x30_ensemble.yaml)
+    assert "| member 1: init x1.5, dropout 10%, head BN |" in md
+    assert "| member 4: init x1.5, dropout 5% |" in md
+    # the last checkpoints by default: no selection on the val set
+    assert not results["selected_on_val"] and "selected on this val set" not in md
+    assert {m["checkpoint"].rsplit("/", 1)[1] for m in results["members"]} == {
+        "ckpt_000000000032.pt"
+    }
 
 
 @pytest.mark.slow
@@ -313,7 +398,7 @@ def test_population_statistics_are_reported_beside(trained_members, tiny_data_ro
 
 @pytest.mark.slow
 def test_cli_runs_as_a_job(trained_members, tiny_data_root, tmp_path) -> None:
-    cmd = [sys.executable, "-m", "bnrepro.evaluation.ensemble", f"checkpoints=[{trained_members}/*seed0,{trained_members}/*seed1]",
+    cmd = [sys.executable, "-m", "bnrepro.evaluation.ensemble", f"checkpoints=[{trained_members}/*member0*,{trained_members}/*member1*]",
            *DATA, f"data.root={tiny_data_root}", f"out_dir={tmp_path}", "crops=10",
            "max_images=8", "runtime.progress=false"]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

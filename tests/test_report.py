@@ -81,37 +81,90 @@ def test_figure4_table_beside_the_paper():
     assert "| ensemble | 64 | 144 | 6 | 50.0% | 10.0% | 20.1% | 4.9% |" in md
 
 
+def test_figure4_says_when_members_were_selected_on_the_val_set(tmp_path):
+    row = {"model": "m", "resolution": 64, "crops": 1, "models": 1, "top1_error": 0.5,
+           "top5_error": 0.1, "changes": "member 2: dropout 5%, head BN"}  # fmt: skip
+    curves = report.pd.DataFrame(
+        {"experiment": ["inception"], "seed": [0], "run": ["r"], "paper_steps": [1.0],
+         "val/top1": [0.5]}
+    )  # fmt: skip
+    for selected in (False, True):
+        (tmp_path / "results.json").write_text(
+            json.dumps({"rows": [row], "selected_on_val": selected})
+        )
+        report.build_report(curves, tmp_path / "out", [str(tmp_path / "results.json")])
+        md = (tmp_path / "out" / "figure4.md").read_text()
+        assert "| member 2: dropout 5%, head BN |" in md
+        assert ("selected on this val set" in md) == selected
+
+
+def fake_bin(folder: Path, train: str = "", report: str = "") -> Path:
+    """A BIN folder for scripts/proxy_fig23.sh: python and, unless replaced by a script body,
+    the real bnrepro-train and bnrepro-report."""
+    real = Path(sys.executable).parent
+    folder.mkdir()
+    (folder / "python").symlink_to(real / "python")
+    for name, body in (("bnrepro-train", train), ("bnrepro-report", report)):
+        if body:
+            (folder / name).write_text(f"#!/usr/bin/env bash\n{body}\n")
+            (folder / name).chmod(0o755)
+        else:
+            (folder / name).symlink_to(real / name)
+    return folder
+
+
+def run_proxy(tmp_path: Path, bin_dir: Path, *overrides: str, **env) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OUT=str(tmp_path / "proxy"), RESULTS=str(tmp_path / "results"),
+               BIN=str(bin_dir), **env)  # fmt: skip
+    return subprocess.run([str(REPO / "scripts/proxy_fig23.sh"), *overrides], env=env,
+                          capture_output=True, text=True, timeout=1800)  # fmt: skip
+
+
+def test_proxy_script_runs_every_experiment_and_seed_by_default(tmp_path):
+    """Six experiments (and the divergence control inception_x5 where its config exists) x the
+    seeds, each run once, in order; bnrepro-train and bnrepro-report stubbed out."""
+    bin_dir = fake_bin(tmp_path / "bin", train='echo "$@"', report="exit 0")
+    out = run_proxy(tmp_path, bin_dir, "data.root=/x", SEEDS="0,1,2")
+    assert out.returncode == 0, out.stderr
+    experiments = ["inception", "bn_baseline", "bn_x5", "bn_x30", "bn_x5_sigmoid",
+                   "inception_sigmoid"]  # fmt: skip
+    if (REPO / "configs/experiment/inception_x5.yaml").exists():
+        experiments.append("inception_x5")
+    run = json.loads((tmp_path / "results" / "proxy_run.json").read_text())
+    assert [(r["experiment"], r["seed"]) for r in run["runs"]] == [
+        (e, s) for e in experiments for s in (0, 1, 2)
+    ]
+    assert run["failed_runs"] == 0 and "SEEDS=0,1,2" in run["command"]
+    log = (tmp_path / "proxy" / "logs" / "bn_x30_seed2.log").read_text()
+    assert "experiment=bn_x30 seed=2 trainer.max_images=48000" in log and "data.root=/x" in log
+    assert run_proxy(tmp_path, bin_dir, SEEDS="0;1").returncode == 2  # a bad SEEDS: refused
+
+
 @pytest.mark.slow
-def test_proxy_script_end_to_end(tiny_data_root, tmp_path):
-    """The Figure 2/3 proxy at a reduced size: six experiments through bnrepro-train, then the report."""
+def test_proxy_script_runs_every_seed_unattended(tiny_data_root, tmp_path):
+    """The Figure 2/3 proxy at a reduced size, two seeds, real runs: one failing run (as a
+    diverged one would) is reported without stopping the others; the report has seed spreads."""
     from conftest import TINY_TRAIN
 
-    env = dict(
-        os.environ,
-        MAX_IMAGES="64",
-        EVAL_EVERY="32",
-        OUT=str(tmp_path / "proxy"),
-        RESULTS=str(tmp_path / "results"),
-        BIN=str(Path(sys.executable).parent),
+    real = Path(sys.executable).parent
+    bin_dir = fake_bin(
+        tmp_path / "bin",
+        train='case " $* " in *" experiment=bn_x5 seed=1 "*) echo diverged >&2; exit 3 ;; esac\n'
+        f'exec {real / "bnrepro-train"} "$@"',
     )
-    overrides = [o for o in TINY_TRAIN if not o.startswith("trainer.")] + [
-        f"data.root={tiny_data_root}"
-    ]
-    out = subprocess.run(
-        [str(REPO / "scripts/proxy_fig23.sh"), *overrides],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    overrides = [o for o in TINY_TRAIN if not o.startswith("trainer.")]
+    out = run_proxy(tmp_path, bin_dir, *overrides, f"data.root={tiny_data_root}", SEEDS="0,1",
+                    EXPERIMENTS="inception bn_x5 bn_x30", MAX_IMAGES="64", EVAL_EVERY="32")  # fmt: skip
+    assert out.returncode == 1, out.stderr[-3000:]  # one run failed; the others went on
+    assert "bn_x5 seed 1: exit 3" in out.stdout and "bn_x30 seed 1: exit 0" in out.stdout
+    run = json.loads((tmp_path / "results" / "proxy_run.json").read_text())
+    assert run["failed_runs"] == 1 and len(run["runs"]) == 6
     table = json.loads((tmp_path / "results" / "figure3.json").read_text())
-    assert set(table["rows"]) == {
-        "inception",
-        "bn_baseline",
-        "bn_x5",
-        "bn_x30",
-        "bn_x5_sigmoid",
-        "inception_sigmoid",
-    }
+    assert list(table["rows"]) == ["inception", "bn_x5", "bn_x30"]
+    bn_x30 = table["rows"]["bn_x30"]
+    assert bn_x30["seeds"] == 2 and set(bn_x30["per_seed"]) == {"0", "1"}
+    finals = [s["final_top1"] for s in bn_x30["per_seed"].values()]
+    assert bn_x30["final_top1_mean"] == pytest.approx(sum(finals) / 2)
+    assert table["rows"]["bn_x5"]["seeds"] == 1  # its seed 1 failed
+    assert "+-" in (tmp_path / "results" / "figure3.md").read_text()
     assert (tmp_path / "results" / "figure2.png").is_file()

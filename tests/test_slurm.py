@@ -308,7 +308,10 @@ def test_submit_paper_runs_members_then_the_ensemble(tmp_path, job_env):
         done = wait_done(jobs[name], timeout=400)
         assert set(done.values()) == {"COMPLETED"}, (name, done, _tails(logs))
     assert len(states(jobs["bn_x30_ensemble_members"])) == 6
-    for run in [*(f"{v}_seed0" for v in variants), *(f"bn_x30_ensemble_seed{i}" for i in range(6))]:
+    for run in [
+        *(f"{v}_seed0" for v in variants),
+        *(f"bn_x30_ensemble_member{i}_seed{i}" for i in range(6)),
+    ]:
         assert json.loads((tmp_path / run / "summary.json").read_text())["images_seen"] == 16
     results = list((tmp_path / "ensemble").glob("*/results.json"))
     assert len(results) == 1, _tails(logs)

@@ -37,7 +37,7 @@ def digest(folder: Path) -> dict[str, str]:
 def test_every_experiment_trains_and_fits_a_fixed_batch(experiment, tiny_overrides, tmp_path):
     cfg = compose("train", [*tiny_overrides, f"experiment={experiment}", "trainer.max_images=32"])
     summary = T.train(cfg)
-    run_dir = tmp_path / f"{experiment}_seed0"
+    run_dir = tmp_path / cfg.run_name  # <experiment>_seed0; bn_x30_ensemble_member0_seed0
     assert summary["images_seen"] == 32 and summary["paper_steps"] == 1.0
     assert json.loads((run_dir / "summary.json").read_text())["experiment_name"] == experiment
     assert (run_dir / "checkpoints" / "ckpt_000000000032.pt").is_file()

@@ -61,17 +61,21 @@ class DeviceDecodeLoader:
             except RuntimeError:  # one bad file fails the batch call: decode one by one
                 decoded = [self._decode_one(b[1]) for b in ok]
             by_key = {b[0]: d for b, d in zip(ok, decoded, strict=True)}
-            images, labels = [], []
+            images, labels, color_ops = [], [], []
             for key, _, params, label in batch:
                 img = by_key.get(key)
-                if img is None:  # not a JPEG, CMYK, corrupt: the CPU path
+                if img is None:  # not a JPEG, CMYK, corrupt: the CPU path (colour included)
                     img, label = self.ds[key]
                     img = img.to(self.device)
+                    color_ops.append(())
                 else:
-                    img = self._augment(img, params)
+                    img = self._crop(img, params)
+                    color_ops.append(params.color_ops)
                 images.append(img)
                 labels.append(label)
-            yield torch.stack(images), torch.tensor(labels, dtype=torch.int64)
+            images = torch.stack(images)
+            T.apply_color_batch(images, color_ops)  # the CPU path's colour ops, batched
+            yield images, torch.tensor(labels, dtype=torch.int64)
 
     def _decode(self, buffers: list[torch.Tensor]) -> list[torch.Tensor]:
         from torchvision.io import ImageReadMode, decode_jpeg
@@ -84,11 +88,10 @@ class DeviceDecodeLoader:
         except RuntimeError:
             return None
 
-    def _augment(self, img: torch.Tensor, p: T.TrainParams) -> torch.Tensor:
+    def _crop(self, img: torch.Tensor, p: T.TrainParams) -> torch.Tensor:
+        """The sample's crop, resized and flipped (the colour comes after, for the whole batch)."""
         x0, y0, x1, y1 = p.box
         crop = img[None, :, y0:y1, x0:x1].float()
         out = F.interpolate(crop, size=(self.size, self.size), mode="bilinear", antialias=True)
         out = out[0].round_().clamp_(0, 255).to(torch.uint8)
-        if p.flip:
-            out = out.flip(-1)
-        return T.apply_color(out, p.color_ops)
+        return out.flip(-1) if p.flip else out

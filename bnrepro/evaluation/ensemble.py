@@ -5,13 +5,17 @@ A member's prediction for an image is its softmax probabilities averaged over th
 the ensemble's is the arithmetic mean of the members' predictions.
 
     bnrepro-ensemble checkpoints=[a.pt,b.pt] crops=10                      # the synthetic data
-    bnrepro-ensemble 'checkpoints=outputs/bn_x30_ensemble_seed*' data=imagenet data.root=/datasets/imagenet
+    bnrepro-ensemble 'checkpoints=outputs/bn_x30_ensemble_member*' data=imagenet data.root=/datasets/imagenet
     bnrepro-ensemble checkpoints=outputs/multirun/2026-11-24_12-00-00 crops=1 save_probs=true
 
+A run folder gives its last checkpoint (member_checkpoint=last, the default) or its best.pt
+(member_checkpoint=best: picked on the val set that is then reported, which the results say).
 Every member is checked (exists, loads, a timm architecture, the same class list as the others
-and as the val set) before any image is read. Each image is decoded once; its crops are cut from
-the decoded tensor on the device (bnrepro/evaluation/crops.py); the crops of several images go through each
-member as one batch, and all members see a batch before the next is loaded. Writes results.json,
+and as the val set) before any image is read. With pop_stats_batches, Algorithm 2 runs on each
+member's own training pipeline (its checkpoint's data config: colour strength, batch size, ...).
+Each image is decoded once; its crops are cut from the decoded tensor on the device
+(bnrepro/evaluation/crops.py); the crops of several images go through each member as one
+batch, and all members see a batch before the next is loaded. Writes results.json,
 results.md (and probs.npz with save_probs=true) into the run folder; exit status 0 on success,
 2 with a one-line message on bad input.
 """
@@ -53,9 +57,17 @@ class EnsembleError(UserError):
 # ---- members -----------------------------------------------------------------------------
 
 
-def find_checkpoints(specs: str | list[str]) -> list[Path]:
-    """Checkpoint files from files, globs, run folders (best.pt, else the newest ckpt_*.pt),
-    folders holding run folders (a training multirun) and folders of .pt files."""
+CHECKPOINT_CHOICES = ("last", "best")
+
+
+def find_checkpoints(specs: str | list[str], member_checkpoint: str = "last") -> list[Path]:
+    """Checkpoint files from files, globs, run folders (their newest ckpt_*.pt, or best.pt with
+    member_checkpoint="best"), folders holding run folders (a training multirun) and folders of
+    .pt files."""
+    if member_checkpoint not in CHECKPOINT_CHOICES:
+        raise EnsembleError(
+            f"member_checkpoint must be one of {CHECKPOINT_CHOICES}, got {member_checkpoint!r}"
+        )
     specs = [specs] if isinstance(specs, str) else list(specs)
     if not specs:
         raise EnsembleError("checkpoints is empty: give files, folders or globs")
@@ -65,33 +77,36 @@ def find_checkpoints(specs: str | list[str]) -> list[Path]:
         if not paths:
             raise EnsembleError(f"checkpoints: {spec!r} matches no file or folder")
         for path in map(Path, paths):
-            found += _expand(path)
+            found += _expand(path, member_checkpoint)
     duplicates = sorted({str(p) for p in found if found.count(p) > 1})
     if duplicates:
         raise EnsembleError(f"checkpoints lists the same file twice: {', '.join(duplicates)}")
     return found
 
 
-def _expand(path: Path) -> list[Path]:
+def _expand(path: Path, which: str) -> list[Path]:
     if path.is_file():
         return [path]
     if not path.exists():
         raise EnsembleError(f"checkpoint {path} does not exist: check the path")
     if (path / "checkpoints").is_dir():  # a run folder
-        return [_run_checkpoint(path)]
+        return [_run_checkpoint(path, which)]
     runs = sorted(d.parent for d in path.rglob("checkpoints") if d.is_dir())
     if runs:  # a multirun folder: one member per run
-        return [_run_checkpoint(run) for run in runs]
+        return [_run_checkpoint(run, which) for run in runs]
     files = sorted(path.glob("*.pt"))
     if not files:
         raise EnsembleError(f"folder {path} holds no .pt file and no run folder")
     return files
 
 
-def _run_checkpoint(run_dir: Path) -> Path:
-    """A run's best.pt (best single-crop top-1 during training), else its newest checkpoint."""
+def _run_checkpoint(run_dir: Path, which: str) -> Path:
+    """A run's newest checkpoint (the end of training), or with which="best" its best.pt (best
+    single-crop val top-1 during training: selected on the val set)."""
     ckpts = run_dir / "checkpoints"
-    if (ckpts / "best.pt").is_file():
+    if which == "best":
+        if not (ckpts / "best.pt").is_file():
+            raise EnsembleError(f"run folder {run_dir} has no best.pt: use member_checkpoint=last")
         return ckpts / "best.pt"
     periodic = sorted(ckpts.glob("ckpt_*.pt"))  # zero-padded images_seen: name order = age
     if not periodic:
@@ -102,12 +117,24 @@ def _run_checkpoint(run_dir: Path) -> Path:
 @dataclass
 class Member:
     path: Path
-    name: str  # the run name (e.g. bn_x30_ensemble_seed0), else the file name
+    name: str  # the run name (e.g. bn_x30_ensemble_member0_seed0), else the file name
     experiment: str | None
     model: nn.Module
     classes: list[str]
     in_chans: int | None
     images_seen: int | None
+    config: dict  # the checkpoint's resolved training config ({} if it has none)
+
+    @property
+    def selected_on_val(self) -> bool:
+        """best.pt: the checkpoint with the best val top-1 during training."""
+        return self.path.name == "best.pt"
+
+    def changes(self) -> dict:
+        """The ensemble changes this member trained with (section 4.2.3), and its table row."""
+        model = self.config.get("model") or {}
+        keys = ("init_gain", "dropout", "head_bn")
+        return {"member": self.config.get("member"), **{k: model.get(k) for k in keys}}
 
 
 def load_member(path: Path) -> Member:
@@ -143,6 +170,7 @@ def load_member(path: Path) -> Member:
         classes=classes,
         in_chans=arch["kwargs"].get("in_chans"),
         images_seen=ckpt.get("images_seen"),
+        config=config,
     )
 
 
@@ -276,12 +304,48 @@ def evaluate_crops(
 # ---- the app -----------------------------------------------------------------------------
 
 
-def _pop_stats_models(
-    members: list[Member], cfg: DictConfig, train_ds, runtime: engine.Runtime
-) -> list:
-    """Copies of the members with Algorithm 2's population statistics (the same N batches)."""
-    loader = build_train_loader(cfg.data, train_ds, seed=cfg.seed, rank=0, world_size=1)
-    return [population_model(m.model, loader, runtime, cfg.pop_stats_batches) for m in members]
+# Where the data is and how it is read: this command's. The rest of a member's data config
+# (augmentation, batch size, shuffling) is how its training batches were made.
+_DATA_LOCATION = ("root", "num_workers", "decode", "synthetic")
+
+
+def member_data_config(data: DictConfig, member: Member) -> DictConfig:
+    """The training pipeline `member` was trained with (its checkpoint's data config: colour
+    strength, batch size, ...), reading the images where `data` says they are."""
+    own = member.config.get("data")
+    if not own:  # a checkpoint without its config: this command's pipeline
+        return data
+    return OmegaConf.merge(own, {k: data[k] for k in _DATA_LOCATION if k in data})
+
+
+def _pop_stats_models(members: list[Member], cfg: DictConfig, runtime: engine.Runtime) -> list:
+    """Copies of the members with Algorithm 2's population statistics, each over
+    pop_stats_batches batches of its own training pipeline (as bnrepro-bn-stats does); members
+    that share a pipeline see the same batches."""
+    loaders, models = {}, []
+    for m in members:
+        data_cfg = member_data_config(cfg.data, m)
+        key = OmegaConf.to_yaml(data_cfg)
+        if key not in loaders:
+            train_ds = build_datasets(data_cfg)[0]
+            loaders[key] = build_train_loader(
+                data_cfg, train_ds, seed=cfg.seed, rank=0, world_size=1
+            )
+        models.append(population_model(m.model, loaders[key], runtime, cfg.pop_stats_batches))
+    return models
+
+
+def describe_changes(changes: dict) -> str:
+    """A member's section 4.2.3 changes in words, e.g. "member 1: init x1.5, dropout 10%, head BN"."""
+    parts = []
+    if changes.get("init_gain") not in (None, 1, 1.0):
+        parts.append(f"init x{changes['init_gain']:g}")
+    if changes.get("dropout"):
+        parts.append(f"dropout {100 * changes['dropout']:g}%")
+    if changes.get("head_bn"):
+        parts.append("head BN")
+    words = ", ".join(parts) or "none"
+    return words if changes.get("member") is None else f"member {changes['member']}: {words}"
 
 
 def _rows(members: list[Member], ev: Evaluation, cfg: DictConfig, set_names: list[str]) -> list:
@@ -290,6 +354,7 @@ def _rows(members: list[Member], ev: Evaluation, cfg: DictConfig, set_names: lis
     for s, bn_stats in enumerate(set_names):
         suffix = "" if bn_stats == "moving" else " (population BN)"
         names = [m.name for m in members] + [f"ensemble of {len(members)}"]
+        changes = [describe_changes(m.changes()) for m in members] + ["-"]
         for i, name in enumerate(names):
             if i == len(members) and len(members) == 1:
                 continue  # an ensemble of one is its member
@@ -304,6 +369,7 @@ def _rows(members: list[Member], ev: Evaluation, cfg: DictConfig, set_names: lis
                     "top5_error": 1 - top5 / ev.images,
                     "bn_stats": bn_stats,
                     "images": ev.images,
+                    "changes": changes[i],
                 }
             )
     return rows
@@ -319,13 +385,15 @@ def evaluate_ensemble(cfg: DictConfig, run_dir: str | Path) -> dict:
     device = distributed.resolve_device(cfg.runtime.device, key="runtime.device")
     runtime = engine.build_runtime(cfg.runtime, cfg.data, device)
     specs = cfg.checkpoints
-    paths = find_checkpoints(specs if isinstance(specs, str) else list(specs))
+    paths = find_checkpoints(
+        specs if isinstance(specs, str) else list(specs), cfg.member_checkpoint
+    )
     members = [load_member(p) for p in paths]
     names = [m.name for m in members]
     for m in members:  # two checkpoints of one run: tell them apart by file name
         if names.count(m.name) > 1:
             m.name = f"{m.name}/{m.path.name}"
-    train_ds, val_ds, classes = build_datasets(cfg.data)
+    _, val_ds, classes = build_datasets(cfg.data)
     check_members(members, list(classes), cfg.data.in_chans)
     images = ValImages(val_ds, cfg.max_images)
     if len(images) == 0:
@@ -339,7 +407,7 @@ def evaluate_ensemble(cfg: DictConfig, run_dir: str | Path) -> dict:
             m.model.to(memory_format=torch.channels_last)
     model_sets, set_names = [[m.model for m in members]], ["moving"]
     if cfg.pop_stats_batches:
-        model_sets.append(_pop_stats_models(members, cfg, train_ds, runtime))
+        model_sets.append(_pop_stats_models(members, cfg, runtime))
         set_names.append("population")
     if runtime.compile:
         model_sets = [[torch.compile(model) for model in models] for models in model_sets]
@@ -365,9 +433,18 @@ def evaluate_ensemble(cfg: DictConfig, run_dir: str | Path) -> dict:
                 "name": m.name,
                 "experiment_name": m.experiment,
                 "images_seen": m.images_seen,
+                "changes": m.changes(),
+                "selected_on_val": m.selected_on_val,
+                **(
+                    {"pop_stats_data": OmegaConf.to_container(member_data_config(cfg.data, m))}
+                    if cfg.pop_stats_batches
+                    else {}
+                ),
             }
             for m in members
         ],  # fmt: skip
+        "member_checkpoint": cfg.member_checkpoint,
+        "selected_on_val": any(m.selected_on_val for m in members),
         "crops": cfg.crops,
         "resolution": cfg.resolution,
         "images": ev.images,
@@ -386,24 +463,30 @@ def evaluate_ensemble(cfg: DictConfig, run_dir: str | Path) -> dict:
 
 def figure4_markdown(rows: list[dict]) -> str:
     """The Figure 4 table: our errors (results.json rows) beside the paper's (docs/paper.md
-    section 4) where the paper has the same number of crops and models."""
+    section 4) where the paper has the same number of crops and models, and each member's
+    section 4.2.3 changes."""
     lines = [
-        "| model | resolution | crops | models | top-1 error | top-5 error | paper top-1 | paper top-5 |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | resolution | crops | models | top-1 error | top-5 error | paper top-1 | paper top-5 | changes |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         paper = FIGURE4.get((r["crops"], r["models"]), (None, None))
         lines.append(
             f"| {r['model']} | {r['resolution']} | {r['crops']} | {r['models']} "
             f"| {percent(r['top1_error'])} | {percent(r['top5_error'])} "
-            f"| {percent(paper[0])} | {percent(paper[1])} |"
+            f"| {paper_percent(paper[0])} | {paper_percent(paper[1])} | {r.get('changes', '-')} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def percent(x: float | None) -> str:
-    """A fraction as the paper's tables write it (one decimal), "-" for none."""
+    """One of our fractions as a percentage with one decimal, "-" for none."""
     return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def paper_percent(x: float | None) -> str:
+    """One of the paper's fractions as the paper prints it (21.99%, 4.9%), "-" for none."""
+    return "-" if x is None else f"{100 * x:.4g}%"
 
 
 def _markdown(results: dict) -> str:
@@ -414,15 +497,28 @@ def _markdown(results: dict) -> str:
         "50,000 images); rows without a paper number have no counterpart there.",
         "",
         figure4_markdown(results["rows"]),
+        *(SELECTED_ON_VAL if results["selected_on_val"] else []),
         "Members:",
         "",
-        *(f"- {m['name']}: `{m['checkpoint']}`" for m in results["members"]),
+        *(
+            f"- {m['name']}: `{m['checkpoint']}` ({m['images_seen']} images)"
+            for m in results["members"]
+        ),
         "",
         f"git {results['git_sha']}, {results['environment']}, "
         f"{results['images_per_s']:.2f} images/s",
         "",
     ]
     return "\n".join(lines)
+
+
+SELECTED_ON_VAL = [
+    "**Members selected on this val set**: best.pt is each run's checkpoint with the best val",
+    "top-1 during training, picked on the same images these errors are measured on, so the",
+    "errors are optimistic; the paper does not describe such a selection (member_checkpoint=last",
+    "evaluates the end of training).",
+    "",
+]
 
 
 def _write(results: dict, ev: Evaluation, members: list, classes, run_dir: Path, cfg) -> None:

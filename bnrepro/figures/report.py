@@ -23,7 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
-from bnrepro.evaluation.ensemble import figure4_markdown, percent
+from bnrepro.evaluation.ensemble import SELECTED_ON_VAL, figure4_markdown, paper_percent, percent
 from bnrepro.paper import FIGURE3
 
 ORDER = ["inception", "bn_baseline", "bn_x5", "bn_x30", "bn_x5_sigmoid", "inception_sigmoid"]
@@ -105,7 +105,9 @@ def steps_to(curve: pd.DataFrame, target: float) -> float | None:
 def figure3_table(curves: pd.DataFrame, reference: str = "inception") -> dict:
     """Figure 3: per experiment, paper steps to reach `reference`'s best accuracy, and max accuracy.
 
-    With several seeds, steps and max are taken from the seed-mean curve.
+    steps_to_target and max_top1 are taken from the seed-mean curve (the target is the best of
+    `reference`'s seed-mean curve); per_seed holds each seed's own steps, max and final
+    accuracy, and *_mean / *_sd their mean and standard deviation over seeds (sd 0 for one seed).
     """
     mean = curves.groupby(["experiment", "paper_steps"], as_index=False)["val/top1"].mean()
     if reference not in set(mean["experiment"]):
@@ -114,14 +116,32 @@ def figure3_table(curves: pd.DataFrame, reference: str = "inception") -> dict:
     rows = {}
     for name, curve in mean.groupby("experiment"):
         paper_steps, paper_max = FIGURE3.get(name, (None, None))
+        per_seed = {
+            int(seed): {
+                "steps_to_target": steps_to(c, target),
+                "max_top1": float(c["val/top1"].max()),
+                "final_top1": float(c["val/top1"].iloc[-1]),  # curves are sorted by paper_steps
+                "final_paper_steps": float(c["paper_steps"].iloc[-1]),
+            }
+            for seed, c in curves[curves["experiment"] == name].groupby("seed")
+        }
         rows[name] = {
             "steps_to_target": steps_to(curve, target),
             "max_top1": float(curve["val/top1"].max()),
             "paper_steps_to_72.2": paper_steps,
             "paper_max_top1": paper_max,
-            "seeds": int(curves[curves["experiment"] == name]["seed"].nunique()),
+            "seeds": len(per_seed),
+            **_spread(per_seed, "max_top1"),
+            **_spread(per_seed, "final_top1"),
+            "per_seed": per_seed,
         }
     return {"target_top1": target, "reference": reference, "rows": _ordered(rows)}
+
+
+def _spread(per_seed: dict, key: str) -> dict:
+    values = pd.Series([s[key] for s in per_seed.values()], dtype=float)
+    sd = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return {f"{key}_mean": float(values.mean()), f"{key}_sd": sd}
 
 
 def _ordered(rows: dict) -> dict:
@@ -137,21 +157,30 @@ def _fmt_steps(x: float | None) -> str:
 
 def figure3_markdown(table: dict) -> str:
     lines = [
-        f"Target: the best val top-1 of `{table['reference']}` = {percent(table['target_top1'])} "
-        "(the paper's target is Inception's 72.2%).",
+        f"Target: the best val top-1 of `{table['reference']}`'s seed-mean curve = "
+        f"{percent(table['target_top1'])} (the paper's target is Inception's 72.2%). Steps and max "
+        "of the seed-mean curve; then each seed's max and final accuracy, mean +- standard "
+        "deviation over seeds.",
         "",
-        "| model | steps to target (ours) | max top-1 (ours) | seeds | steps to 72.2% (paper) | max top-1 (paper) |",
-        "|---|---|---|---|---|---|",
+        "| model | seeds | steps to target (ours) | max top-1 (ours) | max top-1 per seed | final top-1 per seed | steps to 72.2% (paper) | max top-1 (paper) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in table["rows"].items():
         paper_steps = "never" if name == "bn_x5_sigmoid" else _fmt_steps(r["paper_steps_to_72.2"])
         if r["paper_max_top1"] is None:
             paper_steps = "-"
         lines.append(
-            f"| {name} | {_fmt_steps(r['steps_to_target'])} | {percent(r['max_top1'])} | {r['seeds']} "
-            f"| {paper_steps} | {percent(r['paper_max_top1'])} |"
+            f"| {name} | {r['seeds']} | {_fmt_steps(r['steps_to_target'])} "
+            f"| {percent(r['max_top1'])} | {_mean_sd(r, 'max_top1')} | {_mean_sd(r, 'final_top1')} "
+            f"| {paper_steps} | {paper_percent(r['paper_max_top1'])} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _mean_sd(row: dict, key: str) -> str:
+    if f"{key}_mean" not in row:  # a table written before seeds were summarised
+        return "-"
+    return f"{percent(row[f'{key}_mean'])} +- {100 * row[f'{key}_sd']:.1f}"
 
 
 def plot_figure2(curves: pd.DataFrame, out: Path, title: str = "") -> None:
@@ -192,13 +221,17 @@ def plot_figure2(curves: pd.DataFrame, out: Path, title: str = "") -> None:
     plt.close(fig)
 
 
-def _ensemble_rows(paths: list[str]) -> list[dict]:
-    rows = []
+def _ensemble_rows(paths: list[str]) -> tuple[list[dict], bool]:
+    """The rows of bnrepro-ensemble's results.json files, and whether any of their members was
+    picked on the val set they report (member_checkpoint=best)."""
+    rows, selected_on_val = [], False
     for path in map(Path, paths):
         for f in [path] if path.is_file() else sorted(path.rglob("results.json")):
             data = json.loads(f.read_text())
-            rows += data.get("rows", []) if isinstance(data, dict) else []
-    return rows
+            if isinstance(data, dict):
+                rows += data.get("rows", [])
+                selected_on_val |= bool(data.get("selected_on_val"))
+    return rows, selected_on_val
 
 
 def build_report(df: pd.DataFrame, out: Path, ensemble: list[str] = (), title: str = "") -> dict:
@@ -211,9 +244,10 @@ def build_report(df: pd.DataFrame, out: Path, ensemble: list[str] = (), title: s
     table = figure3_table(curves, reference)
     (out / "figure3.json").write_text(json.dumps(table, indent=2))
     (out / "figure3.md").write_text(figure3_markdown(table))
-    rows = _ensemble_rows(list(ensemble))
+    rows, selected_on_val = _ensemble_rows(list(ensemble))
     if rows:
-        (out / "figure4.md").write_text(figure4_markdown(rows))
+        note = "\n" + "\n".join(SELECTED_ON_VAL) if selected_on_val else ""
+        (out / "figure4.md").write_text(figure4_markdown(rows) + note)
     return table
 
 
