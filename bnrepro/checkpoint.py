@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from bnrepro.errors import UserError
-from bnrepro.provenance import git_sha
+from bnrepro.provenance import git_sha, version
 
 FORMAT = "bnrepro-checkpoint/1"
 
@@ -86,6 +86,7 @@ def assemble(
         "best": dict(progress.best, steps_to_target=progress.steps_to_target),
         "config": config,
         "git_sha": git_sha(),
+        "bnrepro_version": version(),
         "wandb_run_id": wandb_run_id,
         "metrics": metrics,
     }

@@ -6,12 +6,15 @@ as `bnrepro/configs/`. `CONFIG_DIR` is whichever exists, so Hydra apps work both
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from omegaconf import DictConfig
 
+from bnrepro.errors import EXIT_USER_ERROR, FULL_ERROR_ENV, UserError, full_error, one_line, report
 from bnrepro.paper import PAPER_BATCH
 
 _PKG = Path(__file__).resolve().parent
@@ -27,12 +30,73 @@ def compose(config_name: str = "train", overrides: list[str] | None = None) -> D
         return hydra_compose(config_name, overrides=overrides or [], return_hydra_config=False)
 
 
-def run_hydra_app(app: Callable[[], None], argv: list[str] | None) -> None:
+def run_hydra_app(app: Callable[[], None], argv: list[str] | None, program: str) -> None:
     """Run a @hydra.main function on `argv` (the command line after the program name; None =
-    the process's own): what every Hydra command's main(argv) does."""
+    the process's own): what every Hydra command's main(argv) does.
+
+    A user error ends in one line and its exit status (bnrepro/errors.py): a UserError from the
+    job (see `hydra_job`) and Hydra's own refusals (an unknown key, a missing config file, an
+    override that does not parse), which Hydra would print over several lines. Anything else is
+    a bug and keeps its traceback. HYDRA_FULL_ERROR=1 keeps every traceback.
+    """
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
-    app()
+    # Hydra prints its errors itself unless HYDRA_FULL_ERROR=1: set it for the app, so that its
+    # errors come here; the user's own setting travels in FULL_ERROR_ENV (SLURM jobs inherit both).
+    os.environ.setdefault(FULL_ERROR_ENV, os.environ.get("HYDRA_FULL_ERROR", ""))
+    saved = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        app()
+    except UserError as e:
+        if full_error():
+            raise
+        if not getattr(e, "reported", False):
+            report(program, e)
+        raise SystemExit(e.exit_status) from None
+    except (HydraException, OmegaConfBaseException) as e:  # composing the config failed
+        if full_error() or getattr(e, "in_job", False):
+            raise  # raised by the job's code: a bug
+        cause = f" ({one_line(e.__cause__)})" if e.__cause__ is not None else ""
+        message = one_line(e).split(" | Config search path:")[0]  # where Hydra looked: noise
+        print(f"{program}: error: {message}{cause}. `{program} --help` lists the config "
+              f"groups, `{program} --cfg job` prints the config", file=sys.stderr, flush=True)  # fmt: skip
+        raise SystemExit(EXIT_USER_ERROR) from None
+    finally:
+        if saved is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved
+
+
+@contextlib.contextmanager
+def hydra_job(program: str, cfg: DictConfig, config_name: str) -> Iterator[None]:
+    """Around the body of a @hydra.main function: check the composed config's types before the
+    job does anything, and end a UserError in one line with its exit status. In a multirun the
+    error is printed when its run fails and raised on, so Hydra's launcher goes on to the next run
+    and the command still exits with the status of the first failure (run_hydra_app)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from bnrepro.schema import SCHEMAS, check_types
+
+    try:
+        check_types(cfg, SCHEMAS[config_name])
+        yield
+    except UserError as e:
+        if full_error():
+            raise
+        report(program, e)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            e.reported = True
+            raise
+        raise SystemExit(e.exit_status) from None
+    except Exception as e:
+        e.in_job = True  # the code's, whatever its type: not a composition error (run_hydra_app)
+        raise
 
 
 def effective_lr(lr: float, global_batch: int) -> float:

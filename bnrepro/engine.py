@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from tqdm import tqdm
 
 import bnrepro  # noqa: F401  (registers bn_inception with timm)
 from bnrepro import data as datasets
@@ -141,17 +142,19 @@ def evaluate(
     *,
     max_images: int | None = None,
     dist: distributed.Dist | None = None,
+    progress: bool = False,
 ) -> dict:
     """Single-centre-crop val loss, top-1, top-5 (fractions), summed over ranks; the first
-    `max_images` images (over all ranks) when given."""
+    `max_images` images (over all ranks) when given. `progress`: draw a bar (a terminal's)."""
     if dist is not None:
         distributed.broadcast_buffers(model, dist)  # every rank evaluates rank 0's model
     was_training = model.training
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64, device=runtime.device)  # loss, top1, top5, n
     world_size = dist.world_size if dist else 1
+    bar = tqdm(loader, desc="eval", unit="batch", leave=False, disable=not progress)
     with torch.random.fork_rng(devices=[]):  # evaluating must not shift the training randomness
-        for images, labels in loader:
+        for images, labels in bar:
             labels = labels.to(runtime.device, non_blocking=True)
             with runtime.autocast():
                 logits = model(runtime.inputs(images)).float()
@@ -162,6 +165,7 @@ def evaluate(
             totals[3] += len(labels)
             if max_images and totals[3] * world_size >= max_images:
                 break
+    bar.close()
     if dist is not None:
         distributed.all_sum(totals, dist)
     model.train(was_training)

@@ -3,10 +3,17 @@
 One small interface, active on rank 0 only (other ranks get a tracker that does nothing).
 metrics.jsonl is append-only, one JSON object per line (pandas.read_json(path, lines=True)); a
 resumed run first drops the lines past its checkpoint, so the file stays one curve without
-duplicates. The W&B run id is kept in the checkpoint; a resumed run passes it back with
-resume="allow" and continues the same W&B run (online; wandb cannot resume an offline run: it
-writes a second offline-run folder). WANDB_API_KEY / WANDB_ENTITY / WANDB_DIR from the environment
-work as usual.
+duplicates. Beside it: config.yaml (the resolved config) and overrides.yaml (the command line's
+overrides, as Hydra's own .hydra/overrides.yaml), written once the run is accepted.
+
+W&B: the run id is kept in the checkpoint; a resumed run passes it back with resume="allow" and
+continues the same W&B run (online; wandb cannot resume an offline run: it writes a second
+offline-run folder, which `wandb sync` uploads as usual). WANDB_MODE / WANDB_PROJECT /
+WANDB_ENTITY from the environment are logger=wandb's defaults (configs/logger/wandb.yaml), a
+command-line value wins; WANDB_DIR, when set, replaces the run folder as wandb's directory.
+logger.wandb.log_checkpoints=true logs every checkpoint as a version of the artifact
+`model-<run id>` (type "model"; aliases latest, best and images-<N>), the names bnrepro-ensemble
+uses to record which members it evaluated.
 """
 
 from __future__ import annotations
@@ -18,7 +25,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from bnrepro.errors import ConfigError
 from bnrepro.paper import PAPER_BATCH
+
+OVERRIDES = "overrides.yaml"
 
 
 class Tracker:
@@ -30,8 +40,10 @@ class Tracker:
         enabled: bool,
         images_seen: int = 0,
         wandb_run_id: str | None = None,
+        overrides: list[str] | None = None,
     ) -> None:
-        """Open the metrics file (truncated to `images_seen`, the resume point) and W&B."""
+        """Open the metrics file (truncated to `images_seen`, the resume point) and W&B;
+        record the command line's `overrides` (when given: a Hydra command's) in overrides.yaml."""
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
         self.wandb = None
@@ -42,6 +54,9 @@ class Tracker:
         # The resolved config beside the metrics (Hydra's .hydra/ is off: a refused run must not
         # overwrite anything, and this file is only written once the run is accepted).
         OmegaConf.save(cfg, self.path.with_name("config.yaml"), resolve=True)
+        if overrides is not None:  # this start's; train.log has every start's
+            OmegaConf.save(OmegaConf.create(list(overrides)), self.path.with_name(OVERRIDES))
+        self.log_checkpoints = bool(cfg.logger.wandb.get("log_checkpoints", False))
         _truncate(self.path, images_seen)
         self.file = open(self.path, "a")  # noqa: SIM115  (open for the run's lifetime)
         if cfg.logger.wandb.mode != "disabled":
@@ -63,6 +78,19 @@ class Tracker:
         self.file.flush()  # a preempted job loses no line it has logged
         if self.wandb is not None:
             self.wandb.log(row, step=step)
+
+    def log_checkpoint(
+        self, checkpointer, *, images_seen: int, periodic: bool, best: bool
+    ) -> None:  # checkpointer: checkpoint.Checkpointer
+        """With logger.wandb.log_checkpoints, the checkpoint just written as an artifact version
+        (aliases: latest for a periodic one, best, images-<N>)."""
+        if self.wandb is None or not self.log_checkpoints:
+            return
+        path = checkpointer.path(images_seen) if periodic else checkpointer.dir / "best.pt"
+        aliases = [f"images-{images_seen}"] + ["latest"] * periodic + ["best"] * best
+        self.wandb.log_artifact(
+            checkpoint_artifact(path, self.wandb.id, images_seen=images_seen), aliases=aliases
+        )
 
     def summary(self, values: dict, run_dir: Path) -> Path | None:
         """Write summary.json (and the W&B run summary)."""
@@ -106,12 +134,29 @@ def _images(line: str) -> int | None:
         return None
 
 
+def checkpoint_artifact(path: Path, run_id: str, *, images_seen: int | None):  # -> wandb.Artifact
+    """The W&B artifact of a training run's checkpoint file: `model-<training run id>`, type
+    "model" (the same name and content give the same version, wherever it is built)."""
+    import wandb
+
+    artifact = wandb.Artifact(
+        f"model-{run_id}", type="model", metadata={"images_seen": images_seen}
+    )
+    artifact.add_file(str(path), name="checkpoint.pt")  # one name: the content decides the version
+    return artifact
+
+
+def wandb_dir(run_dir: Path) -> str:
+    """WANDB_DIR when the user set it (wandb's convention), else the run folder."""
+    return os.environ.get("WANDB_DIR") or str(run_dir)
+
+
 def _init_wandb(cfg: DictConfig, run_dir: Path, run_id: str | None):  # -> wandb.Run
     import wandb
 
     w = cfg.logger.wandb
     if w.mode not in ("online", "offline"):
-        raise ValueError(f"logger.wandb.mode must be online, offline or disabled, got {w.mode!r}")
+        raise ConfigError(f"logger.wandb.mode must be online, offline or disabled, got {w.mode!r}")
     run = wandb.init(
         project=w.project,
         entity=w.entity,
@@ -122,7 +167,7 @@ def _init_wandb(cfg: DictConfig, run_dir: Path, run_id: str | None):  # -> wandb
         config=OmegaConf.to_container(cfg, resolve=True),
         id=run_id,
         resume="allow" if run_id else None,
-        dir=str(run_dir),
+        dir=wandb_dir(run_dir),
         mode=w.mode,
     )
     # Plot against the paper's x axis (Figures 2 and 3 count steps of 32 images).

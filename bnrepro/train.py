@@ -33,10 +33,12 @@ from timm.scheduler.scheduler import Scheduler
 from torch import nn
 from tqdm import tqdm
 
-from bnrepro import checkpoint, distributed, engine, schedule
+from bnrepro import checkpoint, distributed, engine, provenance, schedule
 from bnrepro.checkpoint import Checkpointer, Progress
-from bnrepro.config import CONFIG_DIR, effective_lr, run_hydra_app
+from bnrepro.config import CONFIG_DIR, effective_lr, hydra_job, run_hydra_app
+from bnrepro.console import Console, Pace, bars_enabled, eval_line
 from bnrepro.data import skipped_files
+from bnrepro.errors import ConfigError
 from bnrepro.evaluation import bn_stats
 from bnrepro.monitor import Monitor, build_monitor
 from bnrepro.paper import PAPER_BATCH
@@ -44,23 +46,24 @@ from bnrepro.tracking import Tracker
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Start-up checks whose messages name the fix (Hydra has already refused unknown keys)."""
+    """Start-up checks whose messages name the fix (Hydra has already refused unknown keys, and
+    bnrepro-train wrong types: bnrepro/schema.py)."""
     t = cfg.trainer
     for key in ("max_images", "eval_every_images", "ckpt_every_images", "log_every_images"):
         value = t[key]  # 1e6 is fine: a whole number of images
         if not isinstance(value, int | float) or value <= 0 or value != int(value):
-            raise ValueError(f"trainer.{key} must be a positive number of images, got {value!r}")
+            raise ConfigError(f"trainer.{key} must be a positive number of images, got {value!r}")
     if not isinstance(t.grad_accum, int) or t.grad_accum < 1:
-        raise ValueError(f"trainer.grad_accum must be an integer >= 1, got {t.grad_accum!r}")
+        raise ConfigError(f"trainer.grad_accum must be an integer >= 1, got {t.grad_accum!r}")
     if t.pop_stats_batches and not (cfg.model.batch_norm or cfg.model.head_bn):
-        raise ValueError("trainer.pop_stats_batches needs a BN network: set model.batch_norm=true")
+        raise ConfigError("trainer.pop_stats_batches needs a BN network: set model.batch_norm=true")
     if "member" in cfg and cfg.member not in range(len(cfg.members)):  # bn_x30_ensemble's table
-        raise ValueError(
+        raise ConfigError(
             f"member={cfg.member!r} is no row of the ensemble's members table: use 0-"
             f"{len(cfg.members) - 1} (configs/experiment/{cfg.experiment_name}.yaml)"
         )
     if not hasattr(signal, f"SIG{t.preempt_signal.removeprefix('SIG')}"):
-        raise ValueError(f"trainer.preempt_signal={t.preempt_signal!r} is no signal (e.g. USR2)")
+        raise ConfigError(f"trainer.preempt_signal={t.preempt_signal!r} is no signal (e.g. USR2)")
 
 
 def build_optimizer(model: nn.Module, optim_cfg: DictConfig, lr: float) -> torch.optim.SGD:
@@ -106,6 +109,8 @@ class Session:
     scaler: torch.amp.GradScaler
     checkpointer: Checkpointer
     tracker: Tracker
+    console: Console  # rank 0's lines, copied to train.log
+    pace: Pace  # images/s and ETA for the eval lines
     monitor: Monitor | None
     progress: Progress
     global_batch: int
@@ -114,7 +119,7 @@ class Session:
     last_save: int  # images_seen of the last periodic checkpoint
 
 
-def start(cfg: DictConfig, run_dir: Path) -> Session:
+def start(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> Session:
     """Set up the job, build everything, resume from a checkpoint if there is one."""
     dist = distributed.setup(cfg.runtime.device)
     runtime = engine.build_runtime(cfg.runtime, cfg.data, dist.device)
@@ -142,36 +147,43 @@ def start(cfg: DictConfig, run_dir: Path) -> Session:
         enabled=dist.is_main,
         images_seen=progress.images_seen,
         wandb_run_id=ckpt["wandb_run_id"] if ckpt else None,
+        overrides=overrides,
     )
-    if dist.is_main:
-        resumed = f" | resumed at {progress.images_seen} images" if ckpt else ""
-        print(f"run folder {run_dir} | {cfg.experiment_name} | effective LR {lr:g} (optim.lr "
-              f"{cfg.optim.lr:g} x {global_batch}/{PAPER_BATCH}) | global batch {global_batch} "
-              f"| device {runtime.device} | world {dist.world_size}{resumed}", flush=True)  # fmt: skip
+    console = Console(run_dir, enabled=dist.is_main)  # the run is accepted: log from here
+    resumed = f" | resumed at {progress.images_seen} images" if ckpt else ""
+    console.print(f"run folder {run_dir} | {cfg.experiment_name} | effective LR {lr:g} (optim.lr "
+                  f"{cfg.optim.lr:g} x {global_batch}/{PAPER_BATCH}) | global batch {global_batch} "
+                  f"| device {runtime.device} | world {dist.world_size}{resumed} | "
+                  f"{provenance.describe()}")  # fmt: skip
     return Session(
         cfg, run_dir, dist, runtime, data, model,
         step_model=wrap_model(model, cfg, dist, runtime),
         optimizer=optimizer, scheduler=scheduler, scaler=scaler, checkpointer=checkpointer,
-        tracker=tracker, monitor=build_monitor(cfg.trainer.monitor, model, progress.images_seen),
+        tracker=tracker, console=console, pace=Pace(progress.images_seen),
+        monitor=build_monitor(cfg.trainer.monitor, model, progress.images_seen),
         progress=progress, global_batch=global_batch,
         metrics=metrics, last_eval=last_eval, last_save=progress.images_seen,
     )  # fmt: skip
 
 
-def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
+def train(
+    cfg: DictConfig, run_dir: str | Path | None = None, overrides: list[str] | None = None
+) -> dict:
     """Train as configured; returns the run summary (also written to <run_dir>/summary.json).
-    run_dir defaults to <out_dir>/<run_name> (Hydra's run folder; main() passes Hydra's own)."""
+    run_dir defaults to <out_dir>/<run_name> (Hydra's run folder; main() passes Hydra's own);
+    `overrides` (the command line's) are recorded in <run_dir>/overrides.yaml."""
     check_config(cfg)
     run_dir = Path(run_dir or Path(cfg.out_dir) / cfg.run_name)
     with distributed.Preemption(cfg.trainer.preempt_signal) as preemption:  # no signal lost
-        s = start(cfg, run_dir)
+        s = start(cfg, run_dir, overrides)
         t, p = cfg.trainer, s.progress
         logging, evaluating, saving = (schedule.Every(n, p.images_seen) for n in
                                        (t.log_every_images, t.eval_every_images, t.ckpt_every_images))  # fmt: skip
         stats = torch.zeros(3, device=s.runtime.device)  # loss sum, top-1 sum, images since log
         data_iter = engine.training_batches(s.data.train_loader, p.epoch, p.batch_in_epoch)
         bar = tqdm(total=t.max_images, initial=p.images_seen, unit="img", unit_scale=True,
-                   disable=not (s.dist.is_main and s.cfg.runtime.progress), dynamic_ncols=True)  # fmt: skip
+                   disable=not bars_enabled(s.cfg.runtime.progress, s.dist.is_main),
+                   dynamic_ncols=True)  # fmt: skip
         clock, preempted = time.perf_counter(), False
         while p.images_seen < t.max_images and not preempted:
             s.scheduler.step_update(p.images_seen)  # the LR for this step
@@ -250,11 +262,13 @@ def evaluate_and_save(s: Session, *, evaluate: bool, save: bool, final: bool = F
     point), best.pt on a new best val top-1. `final` adds Algorithm 2's population statistics
     (trainer.pop_stats_batches) to the last evaluation."""
     p, t = s.progress, s.cfg.trainer
-    best = False
+    best = evaluated = False
     if evaluate and s.last_eval != p.images_seen:
+        evaluated = True
         s.metrics = engine.evaluate(
-            s.model, s.data.val_loader, s.runtime, max_images=t.eval_max_images, dist=s.dist
-        )
+            s.model, s.data.val_loader, s.runtime, max_images=t.eval_max_images, dist=s.dist,
+            progress=bars_enabled(s.cfg.runtime.progress, s.dist.is_main),
+        )  # fmt: skip
         s.last_eval = p.images_seen
         s.tracker.log(s.metrics, step=p.step, images_seen=p.images_seen)
         if p.steps_to_target is None and s.metrics["val/top1"] >= t.target_top1:
@@ -263,12 +277,18 @@ def evaluate_and_save(s: Session, *, evaluate: bool, save: bool, final: bool = F
         if best:
             p.best = {"val/top1": s.metrics["val/top1"], "val/top5": s.metrics["val/top5"]}
     if final and t.pop_stats_batches and "val_popstats/top1" not in s.metrics:
+        evaluated = True
         popstats = bn_stats.population_eval(
             s.model, s.data, s.runtime, t.pop_stats_batches,
             max_images=t.eval_max_images, dist=s.dist,
         )  # fmt: skip
         s.tracker.log(popstats, step=p.step, images_seen=p.images_seen)
         s.metrics = s.metrics | popstats
+    if evaluated:
+        s.console.print(eval_line(
+            s.metrics, step=p.step, images_seen=p.images_seen, best_top1=p.best["val/top1"],
+            rate=s.pace.rate(p.images_seen), eta=s.pace.eta(p.images_seen, t.max_images),
+        ))  # fmt: skip
     periodic = save and s.last_save != p.images_seen
     if (periodic or best) and s.dist.is_main:
         state = checkpoint.assemble(
@@ -278,6 +298,8 @@ def evaluate_and_save(s: Session, *, evaluate: bool, save: bool, final: bool = F
             metrics=dict(s.metrics, images_seen=s.last_eval),  # the last eval, and when
         )  # fmt: skip
         s.checkpointer.save(state, periodic=periodic, best=best)
+        s.tracker.log_checkpoint(s.checkpointer, images_seen=p.images_seen, periodic=periodic,
+                                 best=best)  # fmt: skip
     if periodic:
         s.last_save = p.images_seen
 
@@ -303,29 +325,38 @@ def finish(s: Session, *, preempted: bool, requeue: bool) -> dict:
     s.tracker.close()
     distributed.barrier(s.dist)  # every rank leaves together, after rank 0's files are written
     distributed.teardown()
-    if s.dist.is_main:
-        outcome = "done" if not preempted else "preempted: checkpointed" + ", requeued" * requeued
-        print(f"{outcome} at {p.images_seen} images ({p.images_seen / PAPER_BATCH:g} paper steps). "
-              f"Run folder {s.run_dir}: metrics {s.tracker.path}, checkpoints "
-              f"{s.checkpointer.dir}, summary {summary_path}", flush=True)  # fmt: skip
+    outcome = "done" if not preempted else "preempted: checkpointed" + ", requeued" * requeued
+    s.console.print(f"{outcome} at {p.images_seen} images ({p.images_seen / PAPER_BATCH:g} paper "
+                    f"steps). Run folder {s.run_dir}: metrics {s.tracker.path}, checkpoints "
+                    f"{s.checkpointer.dir}, summary {summary_path}, log {s.console.path}")  # fmt: skip
+    s.console.close()
     return summary
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
-def _hydra_main(cfg: DictConfig) -> None:
+def train_job(cfg: DictConfig) -> None:
+    """bnrepro-train's Hydra job: train in Hydra's run folder, recording the command line."""
     from hydra.core.hydra_config import HydraConfig
 
-    summary = train(cfg, run_dir=HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    overrides = list(hydra_cfg.overrides.task)
+    summary = train(cfg, run_dir=hydra_cfg.runtime.output_dir, overrides=overrides)
     if summary["requeued"]:
         # Leave without returning a result: under hydra-submitit-launcher a returned result would
         # mark the job done, and the launcher would stop waiting for its requeued continuation.
         raise SystemExit(0)
 
 
+@hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> None:
+    with hydra_job("bnrepro-train", cfg, "train"):
+        train_job(cfg)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """bnrepro-train [overrides] (a preempted run exits 0 too: it has checkpointed and, under
-    SLURM, requeued)."""
-    run_hydra_app(_hydra_main, argv)
+    """python -m bnrepro.train [overrides] (torchrun): bnrepro-train (bnrepro/cli.py) without
+    its fast start. A preempted run exits 0 too: it has checkpointed and, under SLURM,
+    requeued; exit statuses: bnrepro/errors.py."""
+    run_hydra_app(_hydra_main, argv, "bnrepro-train")
 
 
 if __name__ == "__main__":

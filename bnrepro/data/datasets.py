@@ -23,6 +23,7 @@ from bnrepro.data import transforms as T
 from bnrepro.data.layouts import Split, find_imagenet
 from bnrepro.data.mnist import load_mnist
 from bnrepro.data.synthetic import ensure_tree
+from bnrepro.errors import ConfigError
 
 MAX_BAD_IN_A_ROW = 32  # this many unreadable files in a row means a broken tree, not bad luck
 TAG_SHUFFLE, TAG_SHARDS, TAG_AUGMENT = 1, 2, 3  # keep the random streams apart
@@ -108,7 +109,7 @@ def skipped_files(dataset: Dataset) -> int:
 
 def _mnist(cfg: DictConfig) -> tuple[ArrayImages, ArrayImages, list[str]]:
     if cfg.in_chans != 1 or cfg.train_crop != cfg.eval_crop:
-        raise ValueError("data=mnist needs data.in_chans=1 and data.train_crop == data.eval_crop")
+        raise ConfigError("data=mnist needs data.in_chans=1 and data.train_crop == data.eval_crop")
     arrays = load_mnist(cfg.root)
     out = []
     for split in ("train", "test"):
@@ -125,14 +126,14 @@ def build_datasets(data_cfg: DictConfig) -> tuple[Dataset, Dataset, list[str]]:
     if cfg.name == "mnist":
         return _mnist(cfg)
     if OmegaConf.is_missing(cfg, "root") or cfg.root is None:
-        raise ValueError("data.root is not set: data.root=/path/to/imagenet")
+        raise ConfigError("data.root is not set: data.root=/path/to/imagenet")
     if cfg.in_chans != 3 or len(cfg.mean) != 3 or len(cfg.std) != 3:
-        raise ValueError(f"data={cfg.name} is RGB: set data.in_chans=3 and 3-value mean and std")
+        raise ConfigError(f"data={cfg.name} is RGB: set data.in_chans=3 and 3-value mean and std")
     if cfg.name == "synthetic":
         ensure_tree(cfg.root, num_classes=cfg.num_classes, **cfg.synthetic)
     train, val, classes = find_imagenet(cfg.root)
     if len(classes) != cfg.num_classes:
-        raise ValueError(
+        raise ConfigError(
             f"{cfg.root} has {len(classes)} classes but data.num_classes={cfg.num_classes}: "
             f"set data.num_classes={len(classes)}"
         )
@@ -140,7 +141,7 @@ def build_datasets(data_cfg: DictConfig) -> tuple[Dataset, Dataset, list[str]]:
         aug = T.Augment(**cfg.augment)
     except TypeError as err:
         keys = list(T.Augment.__dataclass_fields__)
-        raise ValueError(f"data.augment: {err}; its keys are {keys}") from err
+        raise ConfigError(f"data.augment: {err}; its keys are {keys}") from err
     train_ds = ImageFiles(train, T.TrainTransform(cfg.train_crop, aug))
     val_ds = ImageFiles(val, T.EvalTransform(cfg.eval_resize, cfg.eval_crop))
     return train_ds, val_ds, classes

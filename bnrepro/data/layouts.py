@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bnrepro.errors import DataError
+
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 DEVKIT = "ILSVRC2012_devkit_t12"
 KAGGLE_CSV = "LOC_val_solution.csv"
@@ -49,24 +51,24 @@ def find_imagenet(root: str | Path) -> tuple[Split, Split, list[str]]:
     """(train, val, classes) for whichever layout `root` holds; classes are the sorted wnids."""
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"data.root={root} does not exist; point data.root at ImageNet")
+        raise DataError(f"data.root={root} does not exist; point data.root at ImageNet")
     images = root / "ILSVRC" / "Data" / "CLS-LOC"  # Kaggle's download
     images = images if images.is_dir() else root
     unpacked = (images / "train").is_dir() and (images / "val").is_dir()
     if not unpacked and all((root / t).is_file() for t in TARS):
         return _from_tars(root)
     if not (images / "train").is_dir():
-        raise FileNotFoundError(
+        raise DataError(
             f"no train/ folder in {images}: expected train/<wnid>/*.JPEG (ImageFolder or Kaggle), "
             f"or the original tars {', '.join(TARS)} in {root}"
         )
     classes = sorted(d.name for d in os.scandir(images / "train") if d.is_dir())
     if not classes:
-        raise FileNotFoundError(f"{images / 'train'} has no class folders (train/<wnid>/*.JPEG)")
+        raise DataError(f"{images / 'train'} has no class folders (train/<wnid>/*.JPEG)")
     train = _class_folders(images / "train", classes, images)
     val_dir = images / "val"
     if not val_dir.is_dir():
-        raise FileNotFoundError(f"no val/ folder in {images}")
+        raise DataError(f"no val/ folder in {images}")
     if any(d.is_dir() for d in os.scandir(val_dir)):
         folders = sorted(d.name for d in os.scandir(val_dir) if d.is_dir())
         val = _class_folders(val_dir, folders, images, classes)
@@ -94,7 +96,7 @@ def _class_folders(
             raise ValueError(f"{folder / name} is a class that train/ does not have")
         files = _image_files(folder / name)
         if not files:
-            raise FileNotFoundError(
+            raise DataError(
                 f"class folder {folder / name} has no images ({'/'.join(IMG_EXTENSIONS)}): "
                 "remove it or restore its files"
             )
@@ -107,7 +109,7 @@ def _class_folders(
 def _flat_val(val_dir: Path, root: Path, classes: list[str], search: list[Path]) -> Split:
     files = _image_files(val_dir)
     if not files:
-        raise FileNotFoundError(f"{val_dir} has no images")
+        raise DataError(f"{val_dir} has no images")
     csvs = [d / KAGGLE_CSV for d in search if (d / KAGGLE_CSV).is_file()]
     devkits = [d / DEVKIT for d in search if (d / DEVKIT / "data" / "meta.mat").is_file()]
     if csvs:
@@ -117,7 +119,7 @@ def _flat_val(val_dir: Path, root: Path, classes: list[str], search: list[Path])
         wnid_of = _devkit_labels(devkits[0])
         source = devkits[0]
     else:
-        raise FileNotFoundError(
+        raise DataError(
             f"{val_dir} is flat (no class folders) and has no labels: put Kaggle's {KAGGLE_CSV} or "
             f"the extracted devkit {DEVKIT}/ (data/meta.mat, "
             f"data/ILSVRC2012_validation_ground_truth.txt) in {search[0]}"

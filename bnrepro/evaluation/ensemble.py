@@ -25,7 +25,6 @@ from __future__ import annotations
 import glob
 import json
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ from torch import nn
 from tqdm import tqdm
 
 from bnrepro import checkpoint, distributed, engine
-from bnrepro.config import CONFIG_DIR, run_hydra_app
+from bnrepro.config import CONFIG_DIR, hydra_job, run_hydra_app
 from bnrepro.data import ArrayImages, ImageFiles, build_datasets, build_train_loader
 from bnrepro.data.transforms import decode
 from bnrepro.errors import UserError
@@ -570,20 +569,28 @@ def _log_wandb(results: dict, members: list[Member], cfg: DictConfig, run_dir: P
     run.finish()
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="ensemble", version_base="1.3")
-def _hydra_main(cfg: DictConfig) -> None:
+def ensemble_job(cfg: DictConfig) -> None:
+    """bnrepro-ensemble's Hydra job: evaluate into Hydra's run folder. A missing file or a bad
+    value anywhere in the inputs (the data's checks included) is the user's: one line, exit 2."""
     from hydra.core.hydra_config import HydraConfig
 
     try:
         evaluate_ensemble(cfg, HydraConfig.get().runtime.output_dir)
-    except (EnsembleError, FileNotFoundError, ValueError) as e:  # bad input: data.py's included
-        print(f"bnrepro-ensemble: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    except (FileNotFoundError, ValueError) as e:
+        if isinstance(e, UserError):
+            raise
+        raise EnsembleError(str(e)) from e
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="ensemble", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> None:
+    with hydra_job("bnrepro-ensemble", cfg, "ensemble"):
+        ensemble_job(cfg)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """bnrepro-ensemble [overrides] (see configs/ensemble.yaml)."""
-    run_hydra_app(_hydra_main, argv)
+    """python -m bnrepro.evaluation.ensemble [overrides]: bnrepro-ensemble (configs/ensemble.yaml)."""
+    run_hydra_app(_hydra_main, argv, "bnrepro-ensemble")
 
 
 if __name__ == "__main__":

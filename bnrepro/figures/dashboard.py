@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 from bnrepro.config import CONFIG_DIR, compose
+from bnrepro.errors import MissingExtraError
 
 X_AXIS = "paper_steps"  # logged by bnrepro.tracking beside every metric
 PANELS = (  # (metric, title): Figure 2's curve first, then what explains it
@@ -69,7 +70,9 @@ def build_wandb_report(spec: dict):  # -> wandb_workspaces.reports.v2.Report
     try:
         import wandb_workspaces.reports.v2 as wr
     except ImportError as e:
-        raise SystemExit("bnrepro-dashboard needs `pip install wandb-workspaces`") from e
+        raise MissingExtraError(
+            "bnrepro-dashboard needs wandb-workspaces: pip install 'bnrepro[dashboard]'"
+        ) from e
 
     group_list = ", ".join(repr(g) for g in spec["groups"])
     runset = wr.Runset(
