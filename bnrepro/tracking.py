@@ -29,6 +29,7 @@ from bnrepro.errors import ConfigError
 from bnrepro.paper import PAPER_BATCH
 
 OVERRIDES = "overrides.yaml"
+WANDB_MODE_ALIASES = {"dryrun": "offline", "run": "online"}  # wandb's own older spellings
 
 
 class Tracker:
@@ -89,7 +90,10 @@ class Tracker:
         path = checkpointer.path(images_seen) if periodic else checkpointer.dir / "best.pt"
         aliases = [f"images-{images_seen}"] + ["latest"] * periodic + ["best"] * best
         self.wandb.log_artifact(
-            checkpoint_artifact(path, self.wandb.id, images_seen=images_seen), aliases=aliases
+            checkpoint_artifact(
+                path, checkpoint_artifact_name(self.wandb.id), images_seen=images_seen
+            ),
+            aliases=aliases,
         )
 
     def summary(self, values: dict, run_dir: Path) -> Path | None:
@@ -134,14 +138,17 @@ def _images(line: str) -> int | None:
         return None
 
 
-def checkpoint_artifact(path: Path, run_id: str, *, images_seen: int | None):  # -> wandb.Artifact
-    """The W&B artifact of a training run's checkpoint file: `model-<training run id>`, type
-    "model" (the same name and content give the same version, wherever it is built)."""
+def checkpoint_artifact_name(run_id: str) -> str:
+    """A training run's checkpoints are versions of this artifact (as Lightning names them)."""
+    return f"model-{run_id}"
+
+
+def checkpoint_artifact(path: Path, name: str, *, images_seen: int | None):  # -> wandb.Artifact
+    """A checkpoint file as a W&B artifact of type "model" (the same name and content give the
+    same version, wherever it is built: the ensemble's input is the training run's output)."""
     import wandb
 
-    artifact = wandb.Artifact(
-        f"model-{run_id}", type="model", metadata={"images_seen": images_seen}
-    )
+    artifact = wandb.Artifact(name, type="model", metadata={"images_seen": images_seen})
     artifact.add_file(str(path), name="checkpoint.pt")  # one name: the content decides the version
     return artifact
 
@@ -155,7 +162,8 @@ def _init_wandb(cfg: DictConfig, run_dir: Path, run_id: str | None):  # -> wandb
     import wandb
 
     w = cfg.logger.wandb
-    if w.mode not in ("online", "offline"):
+    mode = WANDB_MODE_ALIASES.get(w.mode, w.mode)
+    if mode not in ("online", "offline"):
         raise ConfigError(f"logger.wandb.mode must be online, offline or disabled, got {w.mode!r}")
     run = wandb.init(
         project=w.project,
@@ -168,7 +176,7 @@ def _init_wandb(cfg: DictConfig, run_dir: Path, run_id: str | None):  # -> wandb
         id=run_id,
         resume="allow" if run_id else None,
         dir=wandb_dir(run_dir),
-        mode=w.mode,
+        mode=mode,
     )
     # Plot against the paper's x axis (Figures 2 and 3 count steps of 32 images).
     for prefix in ("train", "val", "val_popstats", "monitor"):

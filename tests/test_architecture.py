@@ -15,7 +15,8 @@ MODULES = sorted(
     ".".join(("bnrepro", *p.relative_to(PACKAGE).with_suffix("").parts)).removesuffix(".__init__")
     for p in PACKAGE.rglob("*.py")
 )
-ENTRY_POINTS = {"bnrepro.train"}  # the loop: nothing imports it
+ENTRY_POINTS = {"bnrepro.train"}  # the loop: nothing imports it (but the commands)
+COMMANDS = "bnrepro.cli"  # the console scripts: import what each command runs, nothing imports it
 UPPER = ("bnrepro.evaluation", "bnrepro.figures")  # above the engine
 
 
@@ -62,6 +63,9 @@ def test_imports_flow_one_way():
     distributed, ...): nothing imports the training loop, the engine and the core import nothing
     above them, evaluation imports no figure."""
     for m, deps in GRAPH.items():
+        assert COMMANDS not in deps, f"{m} imports the console commands"
+        if m == COMMANDS:
+            continue
         assert not deps & ENTRY_POINTS, f"{m} imports the training loop"
         if m.startswith("bnrepro.evaluation"):
             assert not any(d.startswith("bnrepro.figures") for d in deps), f"{m} imports figures"
@@ -100,3 +104,23 @@ def test_one_name_one_meaning():
                 assert [a.arg for a in node.args.args] == ["argv"], f"{m}.main(argv=None)"
     shared = {name: ms for name, ms in owners.items() if len(ms) > 1 and name != "main"}
     assert not shared, shared
+
+
+def test_commands_and_the_package_start_without_torch():
+    """`bnrepro-train --help` and tab completion need Hydra and the YAML only (results/startup.md
+    has the timings): importing the package or the commands imports neither torch nor timm, and
+    bn_inception is still in timm's registry once timm is imported, in either order."""
+    code = (
+        "import sys, bnrepro, bnrepro.cli\n"
+        "assert not {'torch', 'timm'} & set(sys.modules), sorted({'torch', 'timm'} & set(sys.modules))\n"
+        "import timm\n"
+        "assert timm.is_model('bn_inception')\n"
+        "assert timm.create_model('bn_inception', num_classes=3, width_mult=0.125)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    timm_first = "import timm, bnrepro; assert timm.is_model('bn_inception')"
+    out = subprocess.run(
+        [sys.executable, "-c", timm_first], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr

@@ -23,7 +23,9 @@ results.md (and probs.npz with save_probs=true) into the run folder; exit status
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -47,6 +49,7 @@ from bnrepro.evaluation.crops import CROP_COUNTS, cut_crops
 from bnrepro.metrics import topk_correct
 from bnrepro.paper import FIGURE4
 from bnrepro.provenance import environment
+from bnrepro.tracking import checkpoint_artifact, checkpoint_artifact_name, wandb_dir
 
 
 class EnsembleError(UserError):
@@ -123,6 +126,7 @@ class Member:
     in_chans: int | None
     images_seen: int | None
     config: dict  # the checkpoint's resolved training config ({} if it has none)
+    wandb_run_id: str | None = None  # the training run's: its checkpoints' artifact model-<id>
 
     @property
     def selected_on_val(self) -> bool:
@@ -170,6 +174,7 @@ def load_member(path: Path) -> Member:
         in_chans=arch["kwargs"].get("in_chans"),
         images_seen=ckpt.get("images_seen"),
         config=config,
+        wandb_run_id=ckpt.get("wandb_run_id"),
     )
 
 
@@ -434,6 +439,9 @@ def evaluate_ensemble(cfg: DictConfig, run_dir: str | Path) -> dict:
                 "images_seen": m.images_seen,
                 "changes": m.changes(),
                 "selected_on_val": m.selected_on_val,
+                "sha256": file_sha256(m.path),  # exactly which file was evaluated
+                "wandb_run_id": m.wandb_run_id,
+                "artifact": member_artifact_name(m),
                 **(
                     {"pop_stats_data": OmegaConf.to_container(member_data_config(cfg.data, m))}
                     if cfg.pop_stats_batches
@@ -544,6 +552,22 @@ def _write(results: dict, ev: Evaluation, members: list, classes, run_dir: Path,
     print(f"results: {files[0]}")
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def member_artifact_name(member: Member) -> str:
+    """The W&B artifact a member's file is a version of: its training run's `model-<run id>`
+    (what logger.wandb.log_checkpoints logs), else one named after the member."""
+    if member.wandb_run_id:
+        return checkpoint_artifact_name(member.wandb_run_id)
+    return "model-" + re.sub(r"[^\w.-]", "_", member.name)
+
+
 def _log_wandb(results: dict, members: list[Member], cfg: DictConfig, run_dir: Path) -> None:
     import wandb
 
@@ -556,10 +580,16 @@ def _log_wandb(results: dict, members: list[Member], cfg: DictConfig, run_dir: P
         job_type="ensemble",
         tags=list(w.tags),
         name=f"ensemble_{cfg.crops}crops_{len(members)}models",
-        config=results["config"],
-        dir=str(run_dir),
+        config=dict(results["config"], members=results["members"]),
+        dir=wandb_dir(run_dir),
         mode=w.mode,
     )
+    # Lineage: each member file as an input artifact. The same content as the version its
+    # training run logged (logger.wandb.log_checkpoints) is that version.
+    for m in members:
+        run.use_artifact(
+            checkpoint_artifact(m.path, member_artifact_name(m), images_seen=m.images_seen)
+        )
     columns = ["model", "resolution", "crops", "models", "top1_error", "top5_error", "bn_stats"]
     table = wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in results["rows"]])
     run.log({"figure4": table})
