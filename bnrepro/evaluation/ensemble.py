@@ -584,9 +584,10 @@ def _log_wandb(results: dict, members: list[Member], cfg: DictConfig, run_dir: P
         dir=wandb_dir(run_dir),
         mode=w.mode,
     )
-    # Lineage: each member file as an input artifact. The same content as the version its
+    # Lineage: each member file as an input artifact (online: wandb cannot use an artifact
+    # offline, where the run's config `members` names them). The same content as the version its
     # training run logged (logger.wandb.log_checkpoints) is that version.
-    for m in members:
+    for m in members if run.settings.mode != "offline" else []:
         run.use_artifact(
             checkpoint_artifact(m.path, member_artifact_name(m), images_seen=m.images_seen)
         )
