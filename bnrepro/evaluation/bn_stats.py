@@ -26,6 +26,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from bnrepro import checkpoint, distributed, engine
 from bnrepro.config import CONFIG_DIR
+from bnrepro.errors import ConfigError
 
 
 @torch.no_grad()
@@ -39,7 +40,7 @@ def recompute_bn_stats(
     """
     bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
     if not bns:
-        raise ValueError("the model has no BatchNorm layer: Algorithm 2 applies to BN networks")
+        raise ConfigError("the model has no BatchNorm layer: Algorithm 2 applies to BN networks")
     momenta = [m.momentum for m in bns]
     for m in bns:
         m.reset_running_stats()
@@ -52,7 +53,7 @@ def recompute_bn_stats(
         model(x)
         seen += 1
     if seen < num_batches:
-        raise ValueError(f"asked for {num_batches} batches of BN statistics, the data gave {seen}")
+        raise ConfigError(f"asked for {num_batches} batches of BN statistics, the data gave {seen}")
     for m, momentum in zip(bns, momenta, strict=True):
         m.momentum = momentum
     return model.eval()

@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from bnrepro import checkpoint, distributed, engine
 from bnrepro.config import CONFIG_DIR, hydra_job, run_hydra_app
+from bnrepro.console import bars_enabled
 from bnrepro.data import ArrayImages, ImageFiles, build_datasets, build_train_loader
 from bnrepro.data.transforms import decode
 from bnrepro.errors import UserError
@@ -425,7 +426,7 @@ def evaluate_ensemble(cfg: DictConfig, run_dir: str | Path) -> dict:
         resolution=cfg.resolution,
         runtime=runtime,
         save_probs=cfg.save_probs,
-        progress=cfg.runtime.progress,
+        progress=bars_enabled(cfg.runtime.progress, is_main=True),  # a terminal only
         total=len(images),
     )
     seconds = time.time() - start

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 from bnrepro.config import CONFIG_DIR, compose
-from bnrepro.errors import MissingExtraError
+from bnrepro.errors import ConfigError, MissingExtraError
 
 X_AXIS = "paper_steps"  # logged by bnrepro.tracking beside every metric
 PANELS = (  # (metric, title): Figure 2's curve first, then what explains it
@@ -40,12 +40,12 @@ def build_spec(
     experiments = experiments or known
     unknown = sorted(set(experiments) - set(known))
     if unknown:
-        raise ValueError(f"unknown experiment(s) {unknown}; choose from {known}")
+        raise ConfigError(f"unknown experiment(s) {unknown}; choose from {known}")
     configs = [compose(overrides=[f"experiment={n}", "logger=wandb"]) for n in experiments]
     wandb_cfgs = [c.logger.wandb for c in configs]
     projects = sorted({str(w.project) for w in wandb_cfgs})
     if project is None and len(projects) > 1:
-        raise ValueError(f"the experiments log to several projects {projects}; pass --project")
+        raise ConfigError(f"the experiments log to several projects {projects}; pass --project")
     return {
         "entity": entity or wandb_cfgs[0].entity,  # None: the login's default entity
         "project": project or projects[0],

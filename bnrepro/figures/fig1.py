@@ -34,6 +34,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bnrepro.data.mnist import load_mnist, mnist_source
+from bnrepro.errors import ConfigError
 from bnrepro.provenance import environment
 
 PERCENTILES = (15, 50, 85)  # Figure 1(b, c)
@@ -111,9 +112,9 @@ def evaluate_mlp(model: SigmoidMLP, x: torch.Tensor, y: torch.Tensor, unit: int)
 def train_figure1(cfg: Fig1Config) -> dict:
     """Train both networks side by side; return every number behind the figure."""
     if cfg.steps < 1 or cfg.eval_every < 1 or cfg.batch_size < 1:
-        raise ValueError("--steps, --eval-every and --batch-size must be positive integers")
+        raise ConfigError("--steps, --eval-every and --batch-size must be positive integers")
     if not 0 <= cfg.unit < cfg.hidden[-1]:
-        raise ValueError(f"--unit must be in [0, {cfg.hidden[-1]}), got {cfg.unit}")
+        raise ConfigError(f"--unit must be in [0, {cfg.hidden[-1]}), got {cfg.unit}")
     data = load_mnist(cfg.data_root)
     # All data as one float tensor: indexing a batch is cheaper than any DataLoader here.
     x_train = torch.from_numpy(data["x_train"]).float().div_(255).flatten(1)
@@ -121,7 +122,7 @@ def train_figure1(cfg: Fig1Config) -> dict:
     x_test = torch.from_numpy(data["x_test"]).float().div_(255).flatten(1)
     y_test = torch.from_numpy(data["y_test"])
     if cfg.batch_size > len(x_train):
-        raise ValueError(
+        raise ConfigError(
             f"--batch-size {cfg.batch_size} exceeds the {len(x_train)} training images"
         )
 
