@@ -95,7 +95,8 @@ def hydra_job(program: str, cfg: DictConfig, config_name: str) -> Iterator[None]
             raise
         raise SystemExit(e.exit_status) from None
     except Exception as e:
-        e.in_job = True  # the code's, whatever its type: not a composition error (run_hydra_app)
+        with contextlib.suppress(AttributeError):  # an exception type without a __dict__
+            e.in_job = True  # the code's, whatever its type: not a composition error
         raise
 
 
