@@ -108,9 +108,7 @@ def test_explicit_warmup_and_bad_values() -> None:
     optim = compose(overrides=["optim.warmup_images=100"]).optim
     assert warmup_images(optim, 32, TRAIN_SIZE) == 100
     assert lr_at(optim, 32, [0, 50, 100]) == pytest.approx([optim.lr] * 3)  # nothing to ramp
-    assert lr_at(optim, 64, [0, 50, 100]) == pytest.approx(
-        [optim.lr, 1.5 * optim.lr, 2 * optim.lr]
-    )
+    assert lr_at(optim, 64, [0, 50, 100]) == pytest.approx([optim.lr, 1.5 * optim.lr, 2 * optim.lr])
     bad = OmegaConf.merge(optim, {"warmup_images": "soon"})
     with pytest.raises(ValueError, match="warmup_images"):
         warmup_images(bad, 32, TRAIN_SIZE)
