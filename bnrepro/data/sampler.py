@@ -2,8 +2,8 @@
 
 Each epoch has one global order of the whole training set, a function of (seed, epoch, shuffle,
 shard_size) only: never of the number of ranks, the batch size or the worker count.
-- data.shuffle=full (section 4.2.1, "shuffle training examples more thoroughly"): a new
-  permutation of the whole set every epoch.
+- data.shuffle=full (the paper's 4.2.1, "shuffle training examples more thoroughly"; docs/paper.md
+  section 3): a new permutation of the whole set every epoch.
 - data.shuffle=shards [ours]: the less thorough pipeline of Inception and BN-Baseline. One fixed
   random order, decided once from the seed, cut into shards of data.shard_size; each epoch visits
   the full shards in a new random order, the order inside a shard never changes, and the partial
