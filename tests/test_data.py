@@ -368,6 +368,8 @@ def test_sampler_rejects_bad_settings():
     sampler = D.EpochSampler(100, batch_size=4, seed=0, shuffle="shards", shard_size=8)
     with pytest.raises(UserError, match="stopped 6 images into epoch 2, not a multiple of data"):
         sampler.set_epoch(2, start_image=6)  # a resume after changing data.batch_size
+    with pytest.raises(UserError, match="past this training set's 100 images"):
+        sampler.set_epoch(2, start_image=104)  # a checkpoint of another data set
 
 
 # ---------------------------------------------------------------- device side

@@ -80,7 +80,10 @@ class EpochSampler(Sampler):
         without touching the images before it. Refuses a position whose batches would not be
         the fixed groups of data.shuffle=shards (a resume after changing data.batch_size)."""
         if not 0 <= start_image <= self.size:
-            raise ValueError(f"start_image={start_image} outside 0..{self.size}")
+            raise DataPositionError(
+                f"the checkpoint stopped {start_image} images into epoch {epoch}, past this "
+                f"training set's {self.size} images: resume on the data it was trained on"
+            )
         if self.shuffle == "shards" and start_image % self.batch_size:
             raise DataPositionError(
                 f"the checkpoint stopped {start_image} images into epoch {epoch}, not a multiple "
