@@ -50,7 +50,6 @@ class OptimSchema:
     decay_rate: float
     decay_epochs: float
     warmup_images: str | Number  # auto | images
-    warmup_lr_scale: float
 
 
 @dataclasses.dataclass
