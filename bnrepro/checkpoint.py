@@ -44,6 +44,18 @@ class CheckpointError(UserError):
     """A checkpoint that cannot be used for this run; the message says why and what to do."""
 
 
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (full disk, I/O error); the earlier ones are intact."""
+
+    def __init__(self, path: Path, err: OSError) -> None:
+        reason = err.strerror or str(err)
+        super().__init__(
+            f"could not write checkpoint {path}: {reason}. The run stopped here; the earlier "
+            f"checkpoints in {path.parent} are intact: free space (or fix the disk) and run the "
+            "same command again to resume from the newest of them."
+        )
+
+
 @dataclass
 class Progress:
     """Where a run is; saved in every checkpoint."""
@@ -136,14 +148,20 @@ def set_rng_state(state: dict) -> None:
 
 
 def save(path: Path, ckpt: dict) -> None:
-    """Write atomically: a reader (or a preempted job) sees the old file or the new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write atomically: a reader (or a preempted job) sees the old file or the new, never half.
+    A failed write (full disk, I/O error) removes its temp file, leaves every earlier checkpoint
+    as it was and raises CheckpointWriteError."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(ckpt, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)  # a half-written file would only fill the disk further
+        raise CheckpointWriteError(path, err) from err
 
 
 def load(path: str | Path) -> dict:
@@ -271,8 +289,12 @@ class Checkpointer:
                 old.unlink()
         if best and periodic:  # a hard link: no second write; pruning ckpt_* leaves best.pt intact
             tmp = self.dir / "best.pt.tmp"
-            tmp.unlink(missing_ok=True)
-            os.link(path, tmp)
-            os.replace(tmp, self.dir / "best.pt")
+            try:
+                tmp.unlink(missing_ok=True)
+                os.link(path, tmp)
+                os.replace(tmp, self.dir / "best.pt")
+            except OSError as err:
+                tmp.unlink(missing_ok=True)
+                raise CheckpointWriteError(self.dir / "best.pt", err) from err
         elif best:
             save(self.dir / "best.pt", ckpt)

@@ -17,6 +17,7 @@ BEFORE = json.loads(
 RUNTIME_KEYS = ("device", "amp", "channels_last", "compile", "tf32", "progress")
 MOVED = {f"trainer.{k}": f"runtime.{k}" for k in RUNTIME_KEYS}  # old key -> new key
 REPLACED = {"optim.reference_batch": PAPER_BATCH}  # old key -> the constant that replaces it
+ADDED = {"runtime.dist_timeout_s": 600}  # keys new since then (issue 15: DDP hang timeout)
 
 
 def flat(cfg, prefix: str = "") -> dict:
@@ -37,7 +38,7 @@ def expected(case: str) -> dict:
             del values[key]
     for old, constant in REPLACED.items():
         assert values.pop(old) == constant
-    return {MOVED.get(k, k): v for k, v in values.items()}
+    return {MOVED.get(k, k): v for k, v in values.items()} | ADDED
 
 
 @pytest.mark.parametrize("case", ["default", *BEFORE["cases"]])
@@ -65,5 +66,6 @@ def test_small_data_brings_its_scale_and_imagenet_none():
 
 def test_ensemble_config_has_runtime_and_data_but_no_training_keys():
     cfg = compose("ensemble", ["checkpoints=x.pt"])
-    assert set(cfg.runtime) == set(RUNTIME_KEYS) == set(compose("train").runtime)
+    runtime_keys = {*RUNTIME_KEYS, *(k.removeprefix("runtime.") for k in ADDED)}
+    assert set(cfg.runtime) == runtime_keys == set(compose("train").runtime)
     assert not {"model", "optim", "trainer"} & set(cfg)

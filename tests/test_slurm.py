@@ -254,6 +254,35 @@ def test_warning_signal_checkpoints_requeues_and_completes(tmp_path, job_env, ta
     assert_one_curve(run_dir, max_images=max_images, global_batch=tasks * BATCH)
 
 
+def task_pids(job_id: str, task: int) -> list[int]:
+    """The processes of global task (rank) `task` of the job's steps (`scontrol listpids`)."""
+    out = _run(["scontrol", "listpids", job_id]).stdout.splitlines()[
+        1:
+    ]  # PID JOBID STEPID LOCALID GLOBALID
+    rows = [line.split() for line in out]
+    return [int(r[0]) for r in rows if len(r) == 5 and r[4] == str(task) and r[2].isdigit()]
+
+
+@on_cluster
+def test_a_killed_rank_ends_the_srun_job_naming_it(tmp_path, job_env):
+    """SIGKILL to rank 1 of a 2-task DDP job: srun --kill-on-bad-exit=1 (slurm/train.sbatch) ends
+    the other task and the job within a minute, and the log names the task; never a hang."""
+    job, log, run_dir = train_job(
+        tmp_path, job_env, max_images=100_000, every=32, sbatch_args=["--ntasks-per-node=2"]
+    )
+    wait_for("the first checkpoint", first_checkpoint(run_dir))
+    pids = task_pids(job, 1)
+    assert pids, _run(["scontrol", "listpids", job]).stdout
+    for pid in pids:
+        os.kill(pid, 9)
+    killed = time.time()
+    done = wait_done(job, timeout=120)
+    assert time.time() - killed < 60, f"job {job} outlived its dead rank by a minute"
+    assert set(done.values()) == {"FAILED"}, done
+    text = log.read_text()
+    assert "task 1: Killed" in text, text[-3000:]
+
+
 @on_cluster
 def test_scancel_stops_a_training_job_for_good(tmp_path, job_env):
     """SIGTERM from scancel checkpoints but must not requeue: a cancelled job stays cancelled."""
