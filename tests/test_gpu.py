@@ -1,10 +1,12 @@
 """The GPU path (issue 15): every CUDA code path of the loop, run on a GPU. Without CUDA these are
 collected and skipped (conftest.py); scripts/gpu_check.sh runs them: `pytest -m gpu -v`.
 
-Tiny runs (conftest.TINY_TRAIN) on cuda:0. Tolerances: a GPU run is compared with another GPU run
-under torch.backends.cudnn.deterministic=True (benchmark off), and still not bit for bit: CUDA's
-max-pool backward adds with atomics, in no fixed order, so resumed and uninterrupted runs are held
-to rtol 1e-4, atol 1e-5. GPU against CPU (same weights, fp32, TF32 off): atol 1e-4.
+Tiny runs (conftest.TINY_TRAIN) on cuda:0. Tolerances (not yet checked on a GPU): resume compares
+an interrupted run with an uninterrupted one, both in fp32 under torch.backends.cudnn
+.deterministic=True (benchmark off), expected bit-identical but held to rtol 1e-4 / atol 1e-5,
+because some CUDA kernels of the network are on torch's list of nondeterministic ones
+(AdaptiveAvgPool2d's backward accumulates with atomics when the sizes do not divide). GPU against
+CPU (same weights, fp32, TF32 off): rtol 1e-3 / atol 1e-4.
 """
 
 from __future__ import annotations
@@ -142,21 +144,21 @@ def assert_same_weights(a: dict, b: dict) -> None:
 
 
 def test_resume_on_gpu_matches_an_uninterrupted_run(tiny_overrides, tmp_path, deterministic):
-    # inception: dropout (the CUDA RNG state must come back) and LRN; bf16 and channels_last (auto)
-    a, b = straight_and_resumed([*tiny_overrides, *CUDA, "experiment=inception"], tmp_path,
-                                "inception_seed0")  # fmt: skip
+    # inception: dropout (the CUDA RNG state must come back) and LRN; channels_last (auto on GPU)
+    a, b = straight_and_resumed([*tiny_overrides, *CUDA, "runtime.amp=none", "experiment=inception"],
+                                tmp_path, "inception_seed0")  # fmt: skip
     assert_same_weights(a, b)
 
 
 def test_compiled_runs_checkpoint_the_plain_model_and_resume(
     tiny_overrides, tmp_path, deterministic
 ):
-    compiled = [*tiny_overrides, *CUDA, "runtime.compile=true"]
+    compiled = [*tiny_overrides, *CUDA, "runtime.amp=none", "runtime.compile=true"]
     a, b = straight_and_resumed(compiled, tmp_path, "bn_x30_seed0")
     assert not any(k.startswith(("_orig_mod.", "module.")) for k in a)  # the unwrapped model's keys
     assert_same_weights(a, b)
-    # ... so a compiled run's checkpoint continues without compile, and the reverse
-    more = [*tiny_overrides, *CUDA, f"out_dir={tmp_path / 'resumed'}", "trainer.max_images=112"]
+    # ... so a compiled run's checkpoint continues without compile
+    more = [*compiled, f"out_dir={tmp_path / 'resumed'}", "trainer.max_images=112"]
     assert T.train(compose("train", [*more, "runtime.compile=false"]))["images_seen"] == 112
 
 
@@ -191,7 +193,10 @@ def test_144_crop_ensemble_on_cuda_equals_the_cpu(tiny_data_root, tmp_path, no_t
         rows = ensemble.evaluate_ensemble(cfg, tmp_path / device / "run")["rows"]
         results[device] = rows, dict(np.load(tmp_path / device / "run/probs.npz"))
     (gpu_rows, gpu), (cpu_rows, cpu) = results["cuda"], results["cpu"]
-    assert [r["top1_error"] for r in gpu_rows] == [r["top1_error"] for r in cpu_rows]
+    # untrained members give near-uniform probabilities: compare them, not their near-tied top-k
+    assert [(r["model"], r["crops"]) for r in gpu_rows] == [
+        (r["model"], r["crops"]) for r in cpu_rows
+    ]
     assert (gpu["labels"] == cpu["labels"]).all()
     torch.testing.assert_close(torch.from_numpy(gpu["probs"]), torch.from_numpy(cpu["probs"]),
                                rtol=1e-3, atol=1e-4)  # fmt: skip
