@@ -128,6 +128,7 @@ class DaliLoader:
             collate_fn=list, **loader_kwargs(cfg),
         )  # fmt: skip
         self.pipe = self._build()
+        self.copy_stream = None  # CUDA: made on first use
 
     def _build(self):
         device_id = torch.cuda.current_device() if self.device == "cuda" else None
@@ -178,9 +179,16 @@ class DaliLoader:
             "shape", [np.array((x1 - x0, y1 - y0), np.float32) for x0, y0, x1, y1 in boxes]
         )
         self.pipe.feed_input("flip", [np.array(b[2].flip, np.int32) for b in batch])
-        (crops,) = self.pipe.run()
+        (crops,) = self.pipe.run()  # returns once the batch is decoded
         dense = crops.as_tensor()
         out = torch.empty(dense.shape(), dtype=torch.uint8, device=self.device)
-        stream = torch.cuda.current_stream() if self.device == "cuda" else None
-        feed_ndarray(dense, out, cuda_stream=stream)  # ordered before torch's later kernels
+        if self.device == "cpu":
+            feed_ndarray(dense, out)
+            return out
+        # DALI writes its next batch into the same buffer, on its own stream: copy on a side
+        # stream and wait for that copy only (the training kernels queued before keep running).
+        if self.copy_stream is None:
+            self.copy_stream = torch.cuda.Stream()
+        feed_ndarray(dense, out, cuda_stream=self.copy_stream)
+        self.copy_stream.synchronize()
         return out
