@@ -38,6 +38,7 @@ from bnrepro import distributed, engine
 from bnrepro import train as T
 from bnrepro.config import compose
 from bnrepro.data import build_datasets
+from bnrepro.data.dali import DaliMissingError
 from bnrepro.evaluation import ensemble
 
 DECODERS = ("cpu", "gpu", "dali")
@@ -207,7 +208,7 @@ def main() -> None:
             cfg = compose("train", [*base, f"data.batch_size={batch}", f"data.decode={decode}"])
             try:
                 rate, peak = loop_rate(cfg, steps, warm, window)
-            except ImportError:  # DALI not installed
+            except DaliMissingError:
                 rows.append(
                     (f"{what}: not installed (pip install -e '.[dali]')", batch, None, None, None)
                 )

@@ -6,6 +6,7 @@ the centre crop at evaluation. Needs the `dali` extra (pip install -e '.[dali]';
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -14,16 +15,17 @@ from PIL import Image
 
 from bnrepro import data as D
 from bnrepro.config import compose
+from bnrepro.data.dali import DaliLoader, DaliMissingError
 
 try:
     import nvidia.dali  # noqa: F401
-except ImportError as err:
-    message = f"data.decode=dali needs NVIDIA DALI: pip install -e '.[dali]' ({err})"
-    if os.environ.get("BNREPRO_REQUIRE_DALI") == "1":  # CI installs the extra: fail, never skip
-        raise ImportError(message) from err
-    pytest.skip(message, allow_module_level=True)
 
-from bnrepro.data.dali import DaliLoader  # noqa: E402
+    HAVE_DALI = True
+except ImportError as err:
+    if os.environ.get("BNREPRO_REQUIRE_DALI") == "1":  # CI installs the extra: fail, never skip
+        raise ImportError(f"BNREPRO_REQUIRE_DALI=1 but DALI is missing: {err}") from err
+    HAVE_DALI = False
+needs_dali = pytest.mark.skipif(not HAVE_DALI, reason="needs NVIDIA DALI: pip install -e '.[dali]'")
 
 CLASSES = ["n01000001", "n01000002", "n01000003"]
 SIZES = [(160, 120), (120, 160), (200, 100), (130, 130)]  # (width, height): varied aspects
@@ -69,6 +71,7 @@ def tree(tmp_path_factory) -> str:
     return gradient_tree(tmp_path_factory.mktemp("dali"))
 
 
+@needs_dali
 def test_the_switch_builds_dali_loaders(tree):
     cfg = dali_cfg(tree, "data.decode=dali")
     train_ds, val_ds, _ = D.build_datasets(cfg)
@@ -79,6 +82,7 @@ def test_the_switch_builds_dali_loaders(tree):
                              world_size=1)  # fmt: skip
 
 
+@needs_dali
 @pytest.mark.parametrize("world_size", [1, 2])
 def test_labels_order_and_shards_are_the_cpu_loaders(tree, world_size):
     """Same seeds: every rank gets the CPU loader's labels in its order, and nearly its pixels
@@ -97,6 +101,7 @@ def test_labels_order_and_shards_are_the_cpu_loaders(tree, world_size):
                 assert (x.float() - u.float()).abs().mean() < 4
 
 
+@needs_dali
 def test_resume_position_is_the_cpu_loaders(tree):
     cfg = dali_cfg(tree, "data.decode=dali")
     ds, _, _ = D.build_datasets(cfg)
@@ -118,6 +123,7 @@ def read_box(image: torch.Tensor, width: int, height: int) -> tuple[float, float
     return w * h / (width * height), w / h, flipped
 
 
+@needs_dali
 def test_crop_area_aspect_and_flip_rates_match_the_cpu_loader(tree):
     """Over 8 epochs (192 crops): the boxes and flips read back from DALI's pixels have the CPU
     loader's statistics, and each crop is the CPU loader's own (per-sample agreement)."""
@@ -142,6 +148,7 @@ def test_crop_area_aspect_and_flip_rates_match_the_cpu_loader(tree):
     assert abs(dali[:, 0].mean() - cpu[:, 0].mean()) < 0.02
 
 
+@needs_dali
 def test_evaluation_is_the_cpu_loaders_centre_crop(tree):
     cfg = dali_cfg(tree, "data.decode=dali")
     _, val_ds, _ = D.build_datasets(cfg)
@@ -152,6 +159,7 @@ def test_evaluation_is_the_cpu_loaders_centre_crop(tree):
         assert torch.equal(y, v) and (x.float() - u.float()).abs().mean() < 3
 
 
+@needs_dali
 def test_unreadable_files_go_through_the_cpu_path(tree, tmp_path):
     import shutil
 
@@ -167,3 +175,11 @@ def test_unreadable_files_go_through_the_cpu_path(tree, tmp_path):
     cpu = batches(dali_cfg(str(root)), D.build_datasets(dali_cfg(str(root)))[0], epoch=0)
     assert [y.tolist() for _, y in dali] == [y.tolist() for _, y in cpu]
     assert D.skipped_files(ds) >= 1
+
+
+def test_without_dali_the_switch_names_the_install(tree, monkeypatch):
+    monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # as if not installed
+    cfg = dali_cfg(tree, "data.decode=dali")
+    train_ds, _, _ = D.build_datasets(cfg)
+    with pytest.raises(DaliMissingError, match=r"pip install -e '\.\[dali\]'"):
+        D.build_train_loader(cfg, train_ds, seed=0, rank=0, world_size=1)

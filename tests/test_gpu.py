@@ -4,9 +4,9 @@ collected and skipped (conftest.py); scripts/gpu_check.sh runs them: `pytest -m 
 Tiny runs (conftest.TINY_TRAIN) on cuda:0. Tolerances (not yet checked on a GPU): resume compares
 an interrupted run with an uninterrupted one, both in fp32 under torch.backends.cudnn
 .deterministic=True (benchmark off), expected bit-identical but held to rtol 1e-4 / atol 1e-5,
-because some CUDA kernels of the network are on torch's list of nondeterministic ones
-(AdaptiveAvgPool2d's backward accumulates with atomics when the sizes do not divide). GPU against
-CPU (same weights, fp32, TF32 off): rtol 1e-3 / atol 1e-4.
+because some CUDA kernels of these networks are on torch's list of nondeterministic ones (the
+backward of AvgPool3d, which LocalResponseNorm uses, and of AdaptiveAvgPool2d add with atomics).
+GPU against CPU (same weights, fp32, TF32 off): rtol 1e-3 / atol 1e-4.
 """
 
 from __future__ import annotations

@@ -33,10 +33,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from bnrepro.data import transforms as T
 from bnrepro.data.datasets import ImageFiles, augment_rng
 from bnrepro.data.sampler import loader_kwargs
+from bnrepro.errors import UserError
 
 
-class DaliMissingError(ImportError):
-    """data.decode=dali without the `dali` extra installed."""
+class DaliMissingError(UserError):
+    """data.decode=dali without the `dali` extra installed: the message says how to install it."""
 
 
 def import_dali():
