@@ -18,6 +18,11 @@ saturation to [0, 1]; and TF-slim leaves values unclipped between ops in one of 
 
 Files DALI cannot take (unreadable ones, or a batch its decoder refuses) go through the CPU path,
 which also skips and counts bad files (datasets.ImageFiles.try_load).
+
+Speed: the workers read files and draw crops ahead (the DataLoader's prefetch); DALI runs one
+batch at a time when the loop asks for it, while the GPU still works through the step queued
+before. Whether this or decode=gpu keeps the GPU busier is what scripts/bench_gpu.py measures
+(results/bench_gpu.md); a deeper DALI queue is the next step if neither does.
 """
 
 from __future__ import annotations
