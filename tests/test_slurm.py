@@ -99,6 +99,12 @@ def test_templates_send_the_trainers_preemption_signal(template):
     assert f"@{signal_delay}" in text  # the same warning time as the launcher's
 
 
+@pytest.mark.parametrize("template", ["train.sbatch", "ensemble_members.sbatch"])
+def test_templates_end_the_job_when_a_task_dies(template):
+    text = (REPO / "slurm" / template).read_text()
+    assert "srun --kill-on-bad-exit=1 bnrepro-train" in text
+
+
 @pytest.fixture(scope="session")
 def job_env(tmp_path_factory) -> dict[str, str]:
     """The environment the jobs inherit (sbatch exports it): this venv first on PATH, and the
