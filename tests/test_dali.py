@@ -59,10 +59,10 @@ def dali_cfg(root: str, *extra: str):
     return compose("train", overrides).data
 
 
-def batches(cfg, ds, *, epoch: int, start_batch: int = 0, rank: int = 0, world_size: int = 1):
-    """One epoch of the loader data.decode picks, from `start_batch`."""
+def batches(cfg, ds, *, epoch: int, start_image: int = 0, rank: int = 0, world_size: int = 1):
+    """One epoch of the loader data.decode picks, from global image `start_image` of its order."""
     loader = D.build_train_loader(cfg, ds, seed=0, rank=rank, world_size=world_size)
-    loader.sampler.set_epoch(epoch, start_batch)
+    loader.sampler.set_epoch(epoch, start_image=start_image)
     return list(loader)
 
 
@@ -106,7 +106,7 @@ def test_resume_position_is_the_cpu_loaders(tree):
     cfg = dali_cfg(tree, "data.decode=dali")
     ds, _, _ = D.build_datasets(cfg)
     whole = batches(cfg, ds, epoch=2)
-    resumed = batches(cfg, ds, epoch=2, start_batch=3)
+    resumed = batches(cfg, ds, epoch=2, start_image=3 * cfg.batch_size)  # after 3 batches
     assert len(resumed) == len(whole) - 3
     for (x, y), (u, v) in zip(whole[3:], resumed, strict=True):
         assert torch.equal(x, u) and torch.equal(y, v)  # DALI itself draws nothing: exact

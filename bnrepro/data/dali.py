@@ -111,7 +111,7 @@ def _pipeline(size: int, device: str, batch_size: int, num_threads: int, device_
 class DaliLoader:
     """Batches (uint8 [B, 3, S, S] on `device`, int64 [B]) of `ds` in `sampler`'s order.
 
-    Training: `sampler` is the EpochSampler (`loader.sampler.set_epoch(epoch, start_batch)`),
+    Training: `sampler` is the EpochSampler (`loader.sampler.set_epoch(epoch, start_image)`),
     full batches. Evaluation: a list of indices, the last batch may be short."""
 
     def __init__(
