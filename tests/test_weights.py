@@ -7,6 +7,8 @@ copied): flat layer names `<conv>` / `<conv>_bn` / `last_linear`, every conv wit
 followed by BN (eps 1e-5) and ReLU, Caffe pooling, BGR 0-255 input minus (104, 117, 128).
 """
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import timm
@@ -236,6 +238,28 @@ def test_cli_refuses_bad_input_with_one_line_and_keeps_files(reference, tmp_path
     assert out.read_bytes() == b"keep me" and not (tmp_path / "o.pt").exists()
     main([str(src), str(out), "--force"])  # the legacy serialisation reads too
     assert checkpoint.load(out)["arch"]["name"] == "bn_inception"
+
+
+def test_ensemble_members_get_their_checkpoints_normalisation():
+    """bnrepro-ensemble: a member's own mean/std (its checkpoint's config.data), else data's;
+    members with one normalisation share one Runtime (one normalised batch). Caffe's: RGB pixel
+    128 becomes (128 - 128, 128 - 117, 128 - 104) = (0, 11, 24), the port's BGR input reversed."""
+    data = compose("ensemble", ["checkpoints=[x]"]).data
+    runtime = cpu_runtime(data)
+
+    def member(normalization):
+        return ensemble.Member(Path("x.pt"), "x", None, nn.Identity(), [], 3, 0, {}, normalization)
+
+    caffe = (list(CAFFE_MEAN), list(CAFFE_STD))
+    own = (list(data.mean), list(data.std))
+    runtimes = ensemble.member_runtimes(
+        [member(None), member(own), member(caffe), member(caffe)], runtime
+    )
+    assert runtimes[0] is runtime and runtimes[1] is runtime
+    assert runtimes[2] is runtimes[3] and runtimes[2] is not runtime
+    pixel = torch.full((1, 3, 2, 2), 128, dtype=torch.uint8)
+    x = runtimes[2].inputs(pixel)[0, :, 0, 0]
+    torch.testing.assert_close(x, torch.tensor([0.0, 11.0, 24.0]), rtol=0, atol=1e-4)
 
 
 # ---------------------------------------------------------------- the same logits

@@ -341,7 +341,9 @@ def member_runtimes(members: list[Member], runtime: engine.Runtime) -> list[engi
             continue
         key = (tuple(m.normalization[0]), tuple(m.normalization[1]))
         if key not in shared:
-            shared[key] = runtime.with_normalization(*m.normalization)
+            own = runtime.with_normalization(*m.normalization)
+            same = torch.equal(own.mean, runtime.mean) and torch.equal(own.std, runtime.std)
+            shared[key] = runtime if same else own
         out.append(shared[key])
     return out
 
