@@ -51,7 +51,7 @@ class Progress:
     images_seen: int = 0
     step: int = 0
     epoch: int = 0
-    batch_in_epoch: int = 0
+    images_in_epoch: int = 0  # of the epoch's global order, over all ranks (data/sampler.py)
     best: dict = field(default_factory=lambda: {"val/top1": 0.0, "val/top5": 0.0})
     steps_to_target: float | None = None  # paper steps at the first val/top1 >= target
 
@@ -59,7 +59,7 @@ class Progress:
 def assemble(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    scheduler,  # timm.scheduler.Scheduler: state_dict / load_state_dict
+    scheduler,  # schedule.LRSchedule: state_dict / load_state_dict
     scaler: torch.amp.GradScaler,
     progress: Progress,
     *,
@@ -80,7 +80,7 @@ def assemble(
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler.is_enabled() else None,
         "rng": rng_state(),
-        "data": {"epoch": progress.epoch, "batch_in_epoch": progress.batch_in_epoch},
+        "data": {"epoch": progress.epoch, "images_in_epoch": progress.images_in_epoch},
         "images_seen": progress.images_seen,
         "step": progress.step,
         "best": dict(progress.best, steps_to_target=progress.steps_to_target),
@@ -98,7 +98,9 @@ def restore(
     scheduler,
     scaler: torch.amp.GradScaler,
 ) -> Progress:
-    """Load a checkpoint's states into the run's objects (and the RNGs); returns its Progress."""
+    """Load a checkpoint's states into the run's objects (and the RNGs); returns its Progress.
+    The scheduler keeps nothing: the LR follows this run's global batch (schedule.py)."""
+    images_in_epoch = _images_in_epoch(ckpt)
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
@@ -110,10 +112,31 @@ def restore(
         images_seen=ckpt["images_seen"],
         step=ckpt["step"],
         epoch=ckpt["data"]["epoch"],
-        batch_in_epoch=ckpt["data"]["batch_in_epoch"],
+        images_in_epoch=images_in_epoch,
         steps_to_target=best.pop("steps_to_target", None),
         best=best,
     )
+
+
+def _images_in_epoch(ckpt: dict) -> int:
+    """The data position in global images; older checkpoints saved batches per rank instead."""
+    data = ckpt["data"]
+    if "images_in_epoch" in data:
+        return data["images_in_epoch"]
+    if data["batch_in_epoch"] == 0:
+        return 0
+    # Before the global position, rank r took every world-th image of the same epoch order, so
+    # b batches per rank used its first b x (global micro-batch) images, which a step advanced by
+    # images_seen / step / grad_accum. Shard shuffling's order has changed since: refuse it.
+    if ckpt["config"]["data"]["shuffle"] == "shards":
+        raise CheckpointError(
+            f"this checkpoint stopped inside epoch {data['epoch']} under data.shuffle=shards "
+            "with an older bnrepro whose shard order has changed since: the rest of that epoch "
+            "cannot be continued exactly. Resume with the bnrepro version that wrote it, or "
+            "start a new run"
+        )
+    micro_batch = ckpt["images_seen"] // ckpt["step"] // ckpt["config"]["trainer"]["grad_accum"]
+    return data["batch_in_epoch"] * micro_batch
 
 
 def rng_state() -> dict:

@@ -124,18 +124,21 @@ def build_model(cfg: DictConfig, classes: list[str]) -> nn.Module:
 
 
 def training_batches(
-    loader: torch.utils.data.DataLoader, epoch: int, start_batch: int
+    loader: torch.utils.data.DataLoader, epoch: int, images_in_epoch: int
 ) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
-    """Endless (epoch, batches done in that epoch, images, labels), from a saved data position."""
+    """Endless (epoch, images of that epoch's global order used so far, images, labels), from a
+    saved data position (data/sampler.py: the position counts every rank's images)."""
+    per_batch = loader.sampler.images_per_batch  # one batch on every rank
     while True:
-        loader.sampler.set_epoch(epoch, start_batch=start_batch)
+        loader.sampler.set_epoch(epoch, start_image=images_in_epoch)
         # iter() draws worker seeds from the global RNG: fork it, so that the training randomness
         # (dropout) does not depend on where a run was resumed.
         with torch.random.fork_rng(devices=[]):
             iterator = iter(loader)
-        for position, (images, labels) in enumerate(iterator, start=start_batch + 1):
-            yield epoch, position, images, labels
-        epoch, start_batch = epoch + 1, 0
+        for images, labels in iterator:
+            images_in_epoch += per_batch
+            yield epoch, images_in_epoch, images, labels
+        epoch, images_in_epoch = epoch + 1, 0
 
 
 def training_inputs(

@@ -1,33 +1,82 @@
 """When things happen, counted in images seen (so nothing depends on batch size or GPU count).
 
-- The LR: the paper's exponential decay, staircase (section 4.2: "decayed exponentially"):
-      lr(images) = eff_lr * decay_rate ** floor(images / (decay_epochs * train_size))
-  with eff_lr = optim.lr x global batch / 32 (docs/paper.md section 3) and, for large global batches, a
-  linear warmup from warmup_lr_scale x eff_lr over warmup_images (Goyal et al. 2017) [ours].
-  It is timm's StepLRScheduler with t = images seen (t_in_epochs=False, warmup counted inside the
-  decay clock, warmup_prefix=False).
+- The LR, a pure function of (images seen, global batch, optim config): the paper's exponential
+  decay, staircase (section 4.2: "decayed exponentially"), times a linear warmup [ours]:
+      lr(n) = decay_rate ** floor(n / (decay_epochs * train_size)) * ramp(n)
+      ramp(n) = optim.lr + (peak - optim.lr) * min(1, n / warmup_images)
+  with peak = optim.lr x global batch / 32 (linear scaling, docs/paper.md section 3). The ramp
+  starts at the paper's own LR for a batch of 32, which trained (Goyal et al. 2017 start at their
+  reference batch's LR too), and multiplies the decay, so the curve meets the decayed schedule
+  at the end of the warmup with no jump. warmup_images=auto: 5 epochs when the global batch
+  exceeds 32, else none (docs/departures.md says why). Nothing of it is restored from a
+  checkpoint: a run resumed on another number of GPUs follows its own global batch from the
+  images it has seen.
 - `Every`: a periodic event (eval, checkpoint, log) that fires when images_seen crosses a multiple
   of its interval, whatever the batch size.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from omegaconf import DictConfig
-from timm.scheduler import StepLRScheduler
 
-WARMUP_EPOCHS = 5  # [ours] Goyal et al. 2017: 5 epochs of warmup for large batches
-WARMUP_ABOVE_BATCH = 256  # [ours] no warmup up to a global batch of 256
+from bnrepro.config import effective_lr
+from bnrepro.paper import PAPER_BATCH
+
+WARMUP_EPOCHS = 5  # [ours] Goyal et al. 2017: 5 epochs from the reference batch's LR
 
 
 def warmup_images(optim_cfg: DictConfig, global_batch: int, train_size: int) -> int:
-    """optim.warmup_images, with `auto` = 5 epochs when the global batch exceeds 256, else 0."""
+    """optim.warmup_images, with `auto` = 5 epochs when the global batch exceeds the paper's 32
+    (the LR is then scaled above the paper's), else 0."""
     value = optim_cfg.warmup_images
     if value == "auto":
-        return WARMUP_EPOCHS * train_size if global_batch > WARMUP_ABOVE_BATCH else 0
+        return WARMUP_EPOCHS * train_size if global_batch > PAPER_BATCH else 0
     if not isinstance(value, int) or value < 0:
         raise ValueError(f"optim.warmup_images must be auto or an integer >= 0, got {value!r}")
     return value
+
+
+class LRSchedule:
+    """The LR of the module docstring; `step_update(images_seen)` before every optimizer step
+    sets it on the optimizer. state_dict() records what it was for reading only: on resume the
+    LR comes from this run's global batch, never from the checkpoint."""
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        optim_cfg: DictConfig,
+        global_batch: int,
+        train_size: int,
+    ) -> None:
+        if optim_cfg.decay_epochs <= 0:
+            raise ValueError(f"optim.decay_epochs must be > 0, got {optim_cfg.decay_epochs}")
+        self.optimizer = optimizer
+        self.global_batch = global_batch
+        self.peak = effective_lr(optim_cfg.lr, global_batch)
+        self.start = min(optim_cfg.lr, self.peak)  # below batch 32 there is nothing to ramp
+        self.decay_rate = optim_cfg.decay_rate
+        self.decay_images = optim_cfg.decay_epochs * train_size
+        self.warmup_images = warmup_images(optim_cfg, global_batch, train_size)
+
+    def lr_at(self, images_seen: int) -> float:
+        decay = self.decay_rate ** math.floor(images_seen / self.decay_images)
+        if images_seen >= self.warmup_images:
+            return decay * self.peak
+        return decay * (self.start + (self.peak - self.start) * images_seen / self.warmup_images)
+
+    def step_update(self, images_seen: int) -> None:
+        lr = self.lr_at(images_seen)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def state_dict(self) -> dict:
+        return {"global_batch": self.global_batch, "peak_lr": self.peak}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Nothing to restore (older checkpoints hold timm's scheduler state: ignored too)."""
 
 
 def build_scheduler(
@@ -35,23 +84,10 @@ def build_scheduler(
     optim_cfg: DictConfig,
     global_batch: int,
     train_size: int,
-) -> StepLRScheduler:
-    """The LR schedule; call .step_update(images_seen) after every optimizer step.
-
-    The optimizer's lr must already be the effective LR (config.effective_lr).
-    """
-    if optim_cfg.decay_epochs <= 0:
-        raise ValueError(f"optim.decay_epochs must be > 0, got {optim_cfg.decay_epochs}")
-    eff_lr = optimizer.param_groups[0]["lr"]
-    return StepLRScheduler(
-        optimizer,
-        decay_t=optim_cfg.decay_epochs * train_size,
-        decay_rate=optim_cfg.decay_rate,
-        warmup_t=warmup_images(optim_cfg, global_batch, train_size),
-        warmup_lr_init=optim_cfg.warmup_lr_scale * eff_lr,
-        warmup_prefix=False,  # the decay clock starts at image 0, as the formula above
-        t_in_epochs=False,
-    )
+) -> LRSchedule:
+    """The LR schedule; call .step_update(images_seen) before every optimizer step, or read
+    .lr_at(images_seen) (bnrepro-plan draws the curve from it)."""
+    return LRSchedule(optimizer, optim_cfg, global_batch, train_size)
 
 
 class Every:

@@ -29,7 +29,6 @@ import hydra
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
-from timm.scheduler.scheduler import Scheduler
 from torch import nn
 from tqdm import tqdm
 
@@ -102,7 +101,7 @@ class Session:
     model: nn.Module  # the unwrapped network: evaluated and checkpointed
     step_model: nn.Module  # what a step calls: `model` under SyncBN / DDP / torch.compile
     optimizer: torch.optim.Optimizer
-    scheduler: Scheduler
+    scheduler: schedule.LRSchedule
     scaler: torch.amp.GradScaler
     checkpointer: Checkpointer
     tracker: Tracker
@@ -132,6 +131,8 @@ def start(cfg: DictConfig, run_dir: Path) -> Session:
     scheduler = schedule.build_scheduler(optimizer, cfg.optim, global_batch, len(data.train_ds))
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
     progress = checkpoint.restore(ckpt, model, optimizer, scheduler, scaler) if ckpt else Progress()
+    # A position this run's batches cannot continue exactly is refused before anything is written.
+    data.train_loader.sampler.set_epoch(progress.epoch, start_image=progress.images_in_epoch)
     if ckpt is None or dist.rank > 0:  # a resumed rank 0 continues its saved RNG stream
         engine.seed_everything(cfg.seed + 1000 * dist.rank + progress.step)
     metrics = dict(ckpt["metrics"]) if ckpt else {}  # the last eval, and when it was made
@@ -169,14 +170,14 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         logging, evaluating, saving = (schedule.Every(n, p.images_seen) for n in
                                        (t.log_every_images, t.eval_every_images, t.ckpt_every_images))  # fmt: skip
         stats = torch.zeros(3, device=s.runtime.device)  # loss sum, top-1 sum, images since log
-        data_iter = engine.training_batches(s.data.train_loader, p.epoch, p.batch_in_epoch)
+        data_iter = engine.training_batches(s.data.train_loader, p.epoch, p.images_in_epoch)
         bar = tqdm(total=t.max_images, initial=p.images_seen, unit="img", unit_scale=True,
                    disable=not (s.dist.is_main and s.cfg.runtime.progress), dynamic_ncols=True)  # fmt: skip
         clock, preempted = time.perf_counter(), False
         while p.images_seen < t.max_images and not preempted:
             s.scheduler.step_update(p.images_seen)  # the LR for this step
             armed = s.monitor is not None and s.monitor.arm(p.images_seen)
-            p.epoch, p.batch_in_epoch = train_step(
+            p.epoch, p.images_in_epoch = train_step(
                 s.step_model, data_iter, s.optimizer, s.scaler, s.runtime, stats,
                 grad_accum=t.grad_accum,
             )  # fmt: skip
@@ -209,7 +210,7 @@ def train_step(
     grad_accum: int = 1,
 ) -> tuple[int, int]:
     """One optimizer step over `grad_accum` micro-batches; adds loss/top1/count to `stats`
-    (no host sync here); returns the data position after it (epoch, batch_in_epoch)."""
+    (no host sync here); returns the data position after it (epoch, images_in_epoch)."""
     optimizer.zero_grad(set_to_none=True)
     for micro in range(grad_accum):
         epoch, position, images, labels = next(data_iter)

@@ -57,9 +57,10 @@ class InMemoryLoader:
     def __init__(self, loader, num_batches: int) -> None:
         self.batches = list(islice(loader, num_batches))
         self.sampler, self.start = self, 0
+        self.images_per_batch = len(self.batches[0][1])  # one process: a batch is the whole step
 
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.start = start_batch
+    def set_epoch(self, epoch: int, start_image: int = 0) -> None:
+        self.start = start_image // self.images_per_batch
 
     def __iter__(self):
         return iter(self.batches[self.start :])

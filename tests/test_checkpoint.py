@@ -101,3 +101,31 @@ def test_config_diff_ignores_keys_a_newer_version_added() -> None:
     assert checkpoint.config_diff(saved, {"optim": {"lr": 0.03, "new_knob": True}, "seed": 0}) == [
         "optim.lr"
     ]
+
+
+def restored_progress(data: dict, shuffle: str = "full") -> checkpoint.Progress:
+    """checkpoint.restore of a run at 320 images after 10 steps of 2 ranks x 16 (grad_accum 1)."""
+    from omegaconf import OmegaConf
+
+    from bnrepro.schedule import build_scheduler
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    optim_cfg = OmegaConf.create({"lr": 0.1, "decay_rate": 0.9, "decay_epochs": 1.0,
+                                  "warmup_images": 0})  # fmt: skip
+    scheduler = build_scheduler(optimizer, optim_cfg, global_batch=32, train_size=100)
+    ckpt = fake_ckpt(320, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                     scheduler=scheduler.state_dict(), scaler=None, step=10, data=data,
+                     best={"val/top1": 0.0, "val/top5": 0.0},
+                     config={"data": {"shuffle": shuffle}, "trainer": {"grad_accum": 1}})  # fmt: skip
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    return checkpoint.restore(ckpt, model, optimizer, scheduler, scaler)
+
+
+def test_data_position_is_kept_in_global_images_and_older_checkpoints_convert() -> None:
+    assert restored_progress({"epoch": 3, "images_in_epoch": 48}).images_in_epoch == 48
+    # Older checkpoints: 4 batches per rank of a global batch of 32 = the first 128 images.
+    assert restored_progress({"epoch": 3, "batch_in_epoch": 4}).images_in_epoch == 128
+    assert restored_progress({"epoch": 3, "batch_in_epoch": 0}, "shards").images_in_epoch == 0
+    with pytest.raises(CheckpointError, match="inside epoch 3 under data.shuffle=shards"):
+        restored_progress({"epoch": 3, "batch_in_epoch": 4}, "shards")

@@ -17,6 +17,7 @@ BEFORE = json.loads(
 RUNTIME_KEYS = ("device", "amp", "channels_last", "compile", "tf32", "progress")
 MOVED = {f"trainer.{k}": f"runtime.{k}" for k in RUNTIME_KEYS}  # old key -> new key
 REPLACED = {"optim.reference_batch": PAPER_BATCH}  # old key -> the constant that replaces it
+REMOVED = ("optim.warmup_lr_scale",)  # issue 11: the warmup starts at optim.lr, the paper's own LR
 
 
 def flat(cfg, prefix: str = "") -> dict:
@@ -37,6 +38,8 @@ def expected(case: str) -> dict:
             del values[key]
     for old, constant in REPLACED.items():
         assert values.pop(old) == constant
+    for old in REMOVED:
+        values.pop(old)
     return {MOVED.get(k, k): v for k, v in values.items()}
 
 

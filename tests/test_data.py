@@ -16,6 +16,7 @@ from bnrepro import data as D
 from bnrepro.config import compose
 from bnrepro.data import layouts
 from bnrepro.data import transforms as T
+from bnrepro.errors import UserError
 
 
 def data_cfg(root, *extra):
@@ -269,9 +270,9 @@ def test_eval_is_a_centre_crop_of_the_shorter_side_resize():
 # ---------------------------------------------------------------- sampling and determinism
 
 
-def epoch_batches(cfg, ds, epoch, start_batch=0, seed=0, rank=0, world_size=1):
+def epoch_batches(cfg, ds, epoch, start_image=0, seed=0, rank=0, world_size=1):
     loader = D.build_train_loader(cfg, ds, seed=seed, rank=rank, world_size=world_size)
-    loader.sampler.set_epoch(epoch, start_batch)
+    loader.sampler.set_epoch(epoch, start_image)
     return [(x, y) for x, y in loader]
 
 
@@ -294,38 +295,67 @@ def test_augmentation_is_reproducible_from_the_seed_at_any_worker_count(image_fo
 
 
 @pytest.mark.parametrize("shuffle", ["full", "shards"])
-def test_resume_at_start_batch_equals_continuing(image_folder_tree, shuffle):
+def test_resume_at_start_image_equals_continuing(image_folder_tree, shuffle):
     root, _ = image_folder_tree
-    cfg = data_cfg(root, f"data.shuffle={shuffle}", "data.shard_size=5")
+    cfg = data_cfg(root, f"data.shuffle={shuffle}", "data.shard_size=8")
     ds, _, _ = D.build_datasets(cfg)
     full = epoch_batches(cfg, ds, epoch=3)
-    assert same(full[2:], epoch_batches(cfg, ds, epoch=3, start_batch=2))
+    assert same(full[2:], epoch_batches(cfg, ds, epoch=3, start_image=2 * 4))
+
+
+def rank_batches(size, epoch, *, world, shuffle, batch=4, start=0, seed=7, shard_size=8):
+    """Each rank's batches of one epoch (as a DataLoader with drop_last cuts its keys)."""
+    out = []
+    for rank in range(world):
+        s = D.EpochSampler(size, batch_size=batch, seed=seed, rank=rank, world_size=world,
+                           shuffle=shuffle, shard_size=shard_size)  # fmt: skip
+        s.set_epoch(epoch, start)
+        keys = [i for i, e, _ in s]
+        assert len(keys) == len(s) and len(keys) % batch == 0
+        out.append([keys[k : k + batch] for k in range(0, len(keys), batch)])
+    return out
 
 
 @pytest.mark.parametrize("shuffle", ["full", "shards"])
 def test_ranks_get_disjoint_equal_shares_and_a_new_order_each_epoch(shuffle):
     world, size = 3, 100
-    orders = []
+    firsts = []
     for epoch in range(2):
-        shares = []
-        for rank in range(world):
-            s = D.EpochSampler(size, batch_size=4, seed=7, rank=rank, world_size=world,
-                               shuffle=shuffle, shard_size=10)  # fmt: skip
-            s.set_epoch(epoch)
-            shares.append([i for i, e, seed in s])
-            assert len(s) == 33 and s.batches_per_epoch == 8
-        flat = sum(shares, [])
-        assert len(set(flat)) == len(flat) == 99
-        orders.append(shares[0])
-    assert orders[0] != orders[1]
+        shares = rank_batches(size, epoch, world=world, shuffle=shuffle)
+        assert [len(b) for b in shares] == [8, 8, 8]  # 100 // 12 global batches of 3 x 4
+        flat = [i for batches in shares for b in batches for i in b]
+        assert len(set(flat)) == len(flat) == 96
+        firsts.append(shares[0])
+    assert firsts[0] != firsts[1]
 
 
-def test_shard_shuffle_keeps_the_same_images_together():
-    s = D.EpochSampler(100, batch_size=4, seed=7, shuffle="shards", shard_size=10)
-    groups = [{frozenset(s.order(e)[i : i + 10]) for i in range(0, 100, 10)} for e in range(3)]
-    assert groups[0] == groups[1] == groups[2]
-    full = D.EpochSampler(100, batch_size=4, seed=7, shuffle="full")
-    assert {frozenset(full.order(0)[i : i + 10]) for i in range(0, 100, 10)} != groups[0]
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_shard_shuffle_keeps_every_batch_a_fixed_group(world):
+    """Section 4.2.1: without within-shard shuffling the same examples always share a batch: the
+    batches of epoch 2 are the groups of epoch 1 (in another order), on every rank, at any world
+    size; under full shuffling they are not."""
+    groups = {}
+    for shuffle in ("shards", "full"):
+        for epoch in range(3):
+            shares = rank_batches(100, epoch, world=world, shuffle=shuffle)
+            groups[shuffle, epoch] = {frozenset(b) for batches in shares for b in batches}
+            assert len(groups[shuffle, epoch]) == sum(len(b) for b in shares)
+    assert groups["shards", 0] == groups["shards", 1] == groups["shards", 2]
+    assert len(groups["full", 0] & groups["full", 1]) <= 2
+    one_rank = {frozenset(b) for b in rank_batches(100, 0, world=1, shuffle="shards")[0]}
+    assert groups["shards", 0] <= one_rank  # the same groups whatever the number of ranks
+
+
+@pytest.mark.parametrize("shuffle", ["full", "shards"])
+def test_an_epoch_resumed_on_other_world_sizes_uses_every_image_once(shuffle):
+    """The position is global: 4 global batches on 2 ranks, then 3 ranks, then 1 rank from where
+    each stopped: every image of the epoch exactly once (96 = 4 x 8 + 4 x 12 + 4 x 4)."""
+    used, start = [], 0
+    for world, steps in ((2, 4), (3, 4), (1, 4)):
+        shares = rank_batches(96, 0, world=world, shuffle=shuffle, start=start)
+        used += [i for batches in shares for b in batches[:steps] for i in b]
+        start += steps * world * 4
+    assert sorted(used) == list(range(96))
 
 
 def test_sampler_rejects_bad_settings():
@@ -333,6 +363,13 @@ def test_sampler_rejects_bad_settings():
         D.EpochSampler(100, batch_size=4, seed=0, shuffle="random")
     with pytest.raises(ValueError, match="fewer than one batch"):
         D.EpochSampler(10, batch_size=4, seed=0, world_size=4)
+    with pytest.raises(UserError, match="set data.shard_size=12"):
+        D.EpochSampler(100, batch_size=4, seed=0, shuffle="shards", shard_size=10)
+    sampler = D.EpochSampler(100, batch_size=4, seed=0, shuffle="shards", shard_size=8)
+    with pytest.raises(UserError, match="stopped 6 images into epoch 2, not a multiple of data"):
+        sampler.set_epoch(2, start_image=6)  # a resume after changing data.batch_size
+    with pytest.raises(UserError, match="past this training set's 100 images"):
+        sampler.set_epoch(2, start_image=104)  # a checkpoint of another data set
 
 
 # ---------------------------------------------------------------- device side

@@ -57,3 +57,64 @@ def test_resolve_device_names_the_key_in_its_errors():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="runtime.device=cuda but no CUDA device"):
             resolve_device("cuda")
+
+
+RECORDING_WORKER = """
+import json, os, sys
+from bnrepro import train as T
+from bnrepro.config import compose
+from bnrepro.data.datasets import ImageFiles
+
+get, used = ImageFiles.__getitem__, []
+def spy(self, key):  # record every training image the loop loads: (epoch, index)
+    if isinstance(key, tuple):  # training keys are (index, epoch, seed); validation's are ints
+        used.append((key[1], key[0]))
+    return get(self, key)
+ImageFiles.__getitem__ = spy
+T.train(compose("train", sys.argv[2:]))
+with open(f"{sys.argv[1]}/rank{os.environ['RANK']}.json", "w") as f:
+    json.dump(used, f)
+"""
+
+
+@pytest.mark.slow
+def test_resume_on_other_world_sizes_continues_images_lr_and_epoch(tiny_overrides, tmp_path):
+    """2 ranks stop at 64 images, 3 ranks resume to 208, 1 rank to 320: images_seen continues,
+    the LR follows each run's global batch, and in both interrupted epochs (160 images each)
+    every image is used exactly once. Batch 8 per rank: global 16, 24, 8 (no warmup <= 32)."""
+    (tmp_path / "worker.py").write_text(RECORDING_WORKER)
+    run_dir = tmp_path / "bn_x30_seed0"
+    base = [*tiny_overrides, "runtime.device=cpu", "data.batch_size=8", "optim.decay_epochs=0.5",
+            "trainer.log_every_images=8", "trainer.eval_every_images=10000",
+            "trainer.ckpt_every_images=10000", "trainer.eval_max_images=8"]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled")
+    used, previous = {}, 0
+    for world, max_images in ((2, 64), (3, 208), (1, 320)):
+        out_dir = tmp_path / f"world{world}"
+        out_dir.mkdir()
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={world}", str(tmp_path / "worker.py"), str(out_dir), *base,
+               f"trainer.max_images={max_images}"]  # fmt: skip
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        assert f"global batch {8 * world} | device cpu | world {world}" in out.stdout
+        assert previous == 0 or f"resumed at {previous} images" in out.stdout
+        assert json.loads((run_dir / "summary.json").read_text())["images_seen"] == max_images
+        used[world] = [tuple(k) for r in range(world) for k in
+                       json.loads((out_dir / f"rank{r}.json").read_text())]  # fmt: skip
+        previous = max_images
+
+    # Epoch 0: 64 images on 2 ranks, the other 96 on 3; epoch 1: 48 on 3 ranks, 112 on 1.
+    epoch0 = [i for e, i in used[2] + used[3] if e == 0]
+    epoch1 = [i for e, i in used[3] + used[1] if e == 1]
+    assert len(used[2]) == 64 and len(used[3]) == 144 and len(used[1]) == 112
+    assert sorted(epoch0) == sorted(epoch1) == list(range(160))
+
+    # The LR of the step that ended at n: 0.045 x G/32 x 0.94^floor((n - G) / 80), with G the
+    # global batch of the run that made it (bn_x30; decay every half epoch of 160 images).
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    lrs = [(r["images_seen"], r["train/lr"]) for r in rows if "train/lr" in r]
+    assert [n for n, _ in lrs] == [*range(16, 65, 16), *range(88, 209, 24), *range(216, 321, 8)]
+    for n, lr in lrs:
+        g = 16 if n <= 64 else 24 if n <= 208 else 8
+        assert lr == pytest.approx(0.045 * g / 32 * 0.94 ** ((n - g) // 80), rel=1e-9), n

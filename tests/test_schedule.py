@@ -10,13 +10,22 @@ from bnrepro.config import compose, effective_lr
 from bnrepro.schedule import Every, build_scheduler, warmup_images
 
 TRAIN_SIZE = 1000
+IMAGENET_TRAIN = 1_281_167
+EXPERIMENTS = ["inception", "bn_baseline", "bn_x5", "bn_x30", "bn_x5_sigmoid", "inception_sigmoid",
+               "bn_x30_ensemble"]  # fmt: skip
+GLOBAL_BATCHES = [32, 64, 256, 512, 2048]
+INCEPTION_DIVERGED_LR = 0.0075  # docs/paper.md section 3: Inception at BN-x5's LR diverged
 
 
-def lr_at(optim_cfg, global_batch: int, images: list[int]) -> list[float]:
+def schedule(optim_cfg, global_batch: int, train_size: int = TRAIN_SIZE):
     param = torch.nn.Parameter(torch.zeros(1))
-    lr = effective_lr(optim_cfg.lr, global_batch)
-    opt = torch.optim.SGD([param], lr=lr)
-    sched = build_scheduler(opt, optim_cfg, global_batch=global_batch, train_size=TRAIN_SIZE)
+    opt = torch.optim.SGD([param], lr=effective_lr(optim_cfg.lr, global_batch))
+    return opt, build_scheduler(opt, optim_cfg, global_batch=global_batch, train_size=train_size)
+
+
+def lr_at(optim_cfg, global_batch: int, images: list[int], train_size: int = TRAIN_SIZE):
+    """The LR the optimizer gets before the step at each images_seen (step_update's effect)."""
+    opt, sched = schedule(optim_cfg, global_batch, train_size)
     out = []
     for n in images:
         sched.step_update(n)
@@ -24,37 +33,82 @@ def lr_at(optim_cfg, global_batch: int, images: list[int]) -> list[float]:
     return out
 
 
+def staircase(optim_cfg, n: int, train_size: int = TRAIN_SIZE) -> float:
+    return optim_cfg.decay_rate ** math.floor(n / (optim_cfg.decay_epochs * train_size))
+
+
 @pytest.mark.parametrize("experiment", ["inception", "bn_x30"])
-def test_staircase_decay_matches_formula(experiment: str) -> None:
-    optim = compose(overrides=[f"experiment={experiment}"]).optim
+@pytest.mark.parametrize("global_batch", [32, 64])
+def test_staircase_decay_matches_formula(experiment: str, global_batch: int) -> None:
+    optim = compose(overrides=[f"experiment={experiment}", "optim.warmup_images=0"]).optim
     images = [0, 1, 999, 1000, 1999, 2000, 7999, 8000, 8001, 16000, 50_000, 123_456]
-    eff = effective_lr(optim.lr, 64)
-    expected = [
-        eff * optim.decay_rate ** math.floor(n / (optim.decay_epochs * TRAIN_SIZE)) for n in images
-    ]
-    assert lr_at(optim, 64, images) == pytest.approx(expected, rel=1e-12)
-    assert eff == pytest.approx(2 * optim.lr)  # linear scaling: batch 64 = 2 x the paper's 32
+    eff = effective_lr(optim.lr, global_batch)
+    expected = [eff * staircase(optim, n) for n in images]
+    assert lr_at(optim, global_batch, images) == pytest.approx(expected, rel=1e-12)
+    assert eff == pytest.approx(global_batch / 32 * optim.lr)  # linear scaling from the paper's 32
 
 
-def test_warmup_auto_only_for_large_batches() -> None:
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_warmup_starts_at_the_papers_lr_whenever_the_lr_is_scaled(experiment: str) -> None:
+    """Every variant starts at its paper LR (batch 32: known to train), never above it, so a
+    network without BN starts below Inception's divergence point; no warmup at the paper's 32."""
+    cfg = compose(overrides=[f"experiment={experiment}", "data=imagenet"])
+    optim = cfg.optim
+    for batch in GLOBAL_BATCHES:
+        warm = warmup_images(optim, batch, IMAGENET_TRAIN)
+        assert warm == (0 if batch == 32 else 5 * IMAGENET_TRAIN)  # 5 epochs (Goyal et al.)
+        eff = effective_lr(optim.lr, batch)
+        first, at_end, after = lr_at(optim, batch, [0, warm, warm + 10 * batch], IMAGENET_TRAIN)
+        assert first == pytest.approx(optim.lr, rel=1e-12)  # the paper's own LR
+        assert cfg.model.batch_norm or first < INCEPTION_DIVERGED_LR
+        assert at_end == pytest.approx(eff * staircase(optim, warm, IMAGENET_TRAIN), rel=1e-12)
+        assert after == pytest.approx(
+            eff * staircase(optim, warm + 10 * batch, IMAGENET_TRAIN), rel=1e-12
+        )
+
+
+@pytest.mark.parametrize("experiment", ["inception", "bn_x5"])  # decay every 8 / 2 epochs
+@pytest.mark.parametrize("global_batch", [64, 512, 2048])
+def test_lr_curve_is_continuous_but_for_the_staircase(experiment: str, global_batch: int) -> None:
+    """Step to step over 8 epochs: the LR never drops except at a decay point (by the decay rate),
+    and grows by at most the warmup's increment; in particular no drop at the warmup's end."""
+    optim = compose(overrides=[f"experiment={experiment}", "data=imagenet"]).optim
+    steps = 8 * IMAGENET_TRAIN // global_batch
+    images = [k * global_batch for k in range(steps)]
+    lrs = lr_at(optim, global_batch, images, IMAGENET_TRAIN)
+    decay_images = optim.decay_epochs * IMAGENET_TRAIN
+    ramp_step = (global_batch / 32 - 1) * global_batch / (5 * IMAGENET_TRAIN)  # relative, at most
+    for k in range(1, steps):
+        ratio = lrs[k] / lrs[k - 1]
+        decayed = images[k] // decay_images > images[k - 1] // decay_images
+        low = optim.decay_rate if decayed else 1.0
+        assert low * (1 - 1e-12) <= ratio <= low * (1 + ramp_step + 1e-12), (k, images[k], ratio)
+    end = -(-5 * IMAGENET_TRAIN // global_batch)  # the first step after the warmup: on the curve
+    eff = effective_lr(optim.lr, global_batch)
+    assert lrs[end] == pytest.approx(eff * staircase(optim, images[end], IMAGENET_TRAIN), rel=1e-12)
+
+
+def test_lr_is_a_function_of_images_seen_and_this_runs_global_batch() -> None:
+    """Restoring a scheduler state (ours or timm's, from another global batch) changes nothing."""
     optim = compose(overrides=["experiment=bn_x30"]).optim
-    assert warmup_images(optim, 256, TRAIN_SIZE) == 0
-    assert warmup_images(optim, 512, TRAIN_SIZE) == 5 * TRAIN_SIZE  # 5 epochs (Goyal et al.)
-    eff = effective_lr(optim.lr, 512)
-    w = 5 * TRAIN_SIZE
-    images = [0, w // 4, w // 2, w - 1, w, 3 * w]
-    start = optim.warmup_lr_scale * eff
-    decay = [optim.decay_rate ** math.floor(n / (optim.decay_epochs * TRAIN_SIZE)) for n in images]
-    expected = [
-        start + n * (eff - start) / w if n < w else eff * f
-        for n, f in zip(images, decay, strict=True)
-    ]
-    assert lr_at(optim, 512, images) == pytest.approx(expected, rel=1e-12)
+    images = [0, 2500, 9000]
+    expected = lr_at(optim, 512, images)
+    _, small = schedule(optim, 64)
+    opt, large = schedule(optim, 512)
+    large.load_state_dict(small.state_dict())  # a checkpoint of a run on 8x fewer GPUs
+    for n, lr in zip(images, expected, strict=True):
+        large.step_update(n)
+        assert opt.param_groups[0]["lr"] == lr
+    large.load_state_dict({"base_values": [0.09], "warmup_t": 0})  # timm's, in older checkpoints
+    large.step_update(images[-1])
+    assert opt.param_groups[0]["lr"] == expected[-1]
 
 
 def test_explicit_warmup_and_bad_values() -> None:
     optim = compose(overrides=["optim.warmup_images=100"]).optim
     assert warmup_images(optim, 32, TRAIN_SIZE) == 100
+    assert lr_at(optim, 32, [0, 50, 100]) == pytest.approx([optim.lr] * 3)  # nothing to ramp
+    assert lr_at(optim, 64, [0, 50, 100]) == pytest.approx([optim.lr, 1.5 * optim.lr, 2 * optim.lr])
     bad = OmegaConf.merge(optim, {"warmup_images": "soon"})
     with pytest.raises(ValueError, match="warmup_images"):
         warmup_images(bad, 32, TRAIN_SIZE)

@@ -1,7 +1,7 @@
 """Training and validation loaders: uint8 batches, normalised later on the device (engine.Runtime).
 
 A training batch is (uint8 [B, C, H, W], int64 [B]); `loader.sampler.set_epoch(epoch,
-start_batch)` picks the epoch and the resume position. A validation loader gives rank r the images
+start_image)` picks the epoch and the resume position (global images into the epoch's order). A validation loader gives rank r the images
 r, r + world, ... unpadded: sum the correct counts over ranks for the exact accuracy.
 """
 
@@ -21,7 +21,7 @@ from bnrepro.data.sampler import EpochSampler, loader_kwargs
 def build_train_loader(
     data_cfg: DictConfig, train_ds: Dataset, *, seed: int, rank: int, world_size: int
 ) -> DataLoader | DeviceDecodeLoader:
-    """Full batches of (uint8 [B, C, H, W], int64 [B]); `loader.sampler.set_epoch(e, start_batch)`
+    """Full batches of (uint8 [B, C, H, W], int64 [B]); `loader.sampler.set_epoch(e, start_image)`
     before each epoch. len(loader) = batches left in the current epoch."""
     sampler = EpochSampler(
         len(train_ds),

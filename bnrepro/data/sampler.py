@@ -1,11 +1,23 @@
 """The training order and the DataLoader settings every loader shares.
 
-Training order (section 4.2.1 "shuffle training examples more thoroughly"): data.shuffle=full
-draws a new permutation of the whole set every epoch; data.shuffle=shards [ours] emulates a less
-thorough pipeline: one fixed random order cut into shards of data.shard_size, each epoch visiting
-the shards in a new order and shuffling only within them, so the same images keep sharing
-batches. Under DDP each rank takes every world_size-th image of that order (DistributedSampler
-semantics, remainder dropped so that every rank has the same number of batches).
+Each epoch has one global order of the whole training set, a function of (seed, epoch, shuffle,
+shard_size) only: never of the number of ranks, the batch size or the worker count.
+- data.shuffle=full (the paper's 4.2.1, "shuffle training examples more thoroughly"; docs/paper.md
+  section 3): a new permutation of the whole set every epoch.
+- data.shuffle=shards [ours]: the less thorough pipeline of Inception and BN-Baseline. One fixed
+  random order, decided once from the seed, cut into shards of data.shard_size; each epoch visits
+  the full shards in a new random order, the order inside a shard never changes, and the partial
+  shard (size % shard_size images) comes last. With data.batch_size dividing data.shard_size,
+  every batch is then the same fixed group of images in every epoch, on any number of ranks: the
+  same examples "always appearing in a mini-batch together" that within-shard shuffling prevents.
+
+The order is consumed in global micro-batches of world_size x batch_size consecutive positions;
+rank r takes positions [r x batch_size, (r + 1) x batch_size) of each. After k micro-batches the
+images used so far in the epoch are exactly the first k x world_size x batch_size of its order,
+whatever the world size, so the data position is one global number (`images_in_epoch`) and a run
+may resume on another number of ranks or another batch size without skipping or repeating an
+image. The tail of an epoch shorter than one global micro-batch is dropped (every rank gets the
+same number of batches).
 """
 
 from __future__ import annotations
@@ -18,11 +30,15 @@ from omegaconf import DictConfig
 from torch.utils.data import Sampler
 
 from bnrepro.data.datasets import TAG_SHARDS, TAG_SHUFFLE
+from bnrepro.errors import UserError
+
+
+class DataPositionError(UserError):
+    """A saved data position that this run's batches cannot continue exactly."""
 
 
 class EpochSampler(Sampler):
-    """Keys (index, epoch, seed) of one rank's share of an epoch, from batch `start_batch` on.
-    The order depends only on (seed, epoch, shuffle, shard_size), never on the worker count."""
+    """Keys (index, epoch, seed) of one rank's share of an epoch, from global image `start` on."""
 
     def __init__(
         self,
@@ -37,27 +53,45 @@ class EpochSampler(Sampler):
     ):
         if shuffle not in ("full", "shards"):
             raise ValueError(f"data.shuffle must be full or shards, got {shuffle!r}")
-        self.per_rank = size // world_size
-        if self.per_rank < batch_size:
+        if size < batch_size * world_size:
             raise ValueError(
-                f"{size} training images give {self.per_rank} per rank over {world_size} ranks, "
-                f"fewer than one batch (data.batch_size={batch_size}): lower the batch size"
+                f"{size} training images give {size // world_size} per rank over {world_size} "
+                f"ranks, fewer than one batch (data.batch_size={batch_size}): lower the batch size"
+            )
+        if shuffle == "shards" and shard_size % batch_size:
+            raise UserError(
+                f"data.shuffle=shards keeps each batch a fixed group of one shard, so "
+                f"data.shard_size={shard_size} must be a multiple of data.batch_size={batch_size}: "
+                f"set data.shard_size={-(-shard_size // batch_size) * batch_size}"
             )
         self.size, self.batch_size, self.seed = size, batch_size, seed
         self.rank, self.world_size = rank, world_size
         self.shuffle, self.shard_size = shuffle, shard_size
-        self.epoch, self.start_batch = 0, 0
+        self.images_per_batch = batch_size * world_size  # one global micro-batch
+        self.epoch, self.start = 0, 0
 
     @property
     def batches_per_epoch(self) -> int:
-        return self.per_rank // self.batch_size
+        """Full batches per rank in an epoch started at image 0."""
+        return self.size // self.images_per_batch
 
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """Next iteration yields `epoch` from batch `start_batch` (resume) without touching the
-        skipped images."""
-        if not 0 <= start_batch <= self.batches_per_epoch:
-            raise ValueError(f"start_batch={start_batch} outside 0..{self.batches_per_epoch}")
-        self.epoch, self.start_batch = epoch, start_batch
+    def set_epoch(self, epoch: int, start_image: int = 0) -> None:
+        """Next iteration yields `epoch` from global image `start_image` of its order (resume),
+        without touching the images before it. Refuses a position whose batches would not be
+        the fixed groups of data.shuffle=shards (a resume after changing data.batch_size)."""
+        if not 0 <= start_image <= self.size:
+            raise DataPositionError(
+                f"the checkpoint stopped {start_image} images into epoch {epoch}, past this "
+                f"training set's {self.size} images: resume on the data it was trained on"
+            )
+        if self.shuffle == "shards" and start_image % self.batch_size:
+            raise DataPositionError(
+                f"the checkpoint stopped {start_image} images into epoch {epoch}, not a multiple "
+                f"of data.batch_size={self.batch_size}: under data.shuffle=shards the rest of the "
+                "epoch would not be the fixed batch groups. Resume with the checkpoint's "
+                "data.batch_size (or one that divides that number), or start a new run"
+            )
+        self.epoch, self.start = epoch, start_image
 
     def order(self, epoch: int) -> np.ndarray:
         """The whole set's order in `epoch` (before the split between ranks)."""
@@ -65,17 +99,26 @@ class EpochSampler(Sampler):
         if self.shuffle == "full":
             return rng.permutation(self.size)
         fixed = np.random.default_rng([self.seed, TAG_SHARDS]).permutation(self.size)
-        shards = [fixed[i : i + self.shard_size] for i in range(0, self.size, self.shard_size)]
-        return np.concatenate([rng.permutation(shards[s]) for s in rng.permutation(len(shards))])
+        full_shards = self.size // self.shard_size
+        shards = fixed[: full_shards * self.shard_size].reshape(full_shards, self.shard_size)
+        partial = fixed[full_shards * self.shard_size :]  # last: keeps every full shard aligned
+        return np.concatenate([shards[rng.permutation(full_shards)].ravel(), partial])
+
+    def _batches_left(self) -> int:
+        return (self.size - self.start) // self.images_per_batch
 
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
-        order = self.order(self.epoch)[: self.per_rank * self.world_size]
-        mine = order[self.rank :: self.world_size][self.start_batch * self.batch_size :]
+        order = self.order(self.epoch)
+        first = self.start + self.rank * self.batch_size
+        starts = range(first, first + self._batches_left() * self.images_per_batch,
+                       self.images_per_batch)  # fmt: skip
         epoch, seed = self.epoch, self.seed
-        return ((int(i), epoch, seed) for i in mine)  # lazily: ImageNet has 1.28M keys
+        return (  # lazily: ImageNet has 1.28M keys
+            (int(i), epoch, seed) for s in starts for i in order[s : s + self.batch_size]
+        )
 
     def __len__(self) -> int:
-        return self.per_rank - self.start_batch * self.batch_size
+        return self._batches_left() * self.batch_size
 
 
 def loader_kwargs(data_cfg: DictConfig) -> dict:
