@@ -204,6 +204,16 @@ def load(path: str | Path) -> dict:
     return ckpt
 
 
+def input_normalization(ckpt: dict) -> tuple[list[float], list[float]] | None:
+    """The mean and std (fractions of 255, as configs/data/*.yaml) the checkpoint's network takes
+    its inputs normalised with: its config's data.mean/std (converted weights store theirs
+    there, bnrepro/weights.py); None if its config has none."""
+    data = (ckpt.get("config") or {}).get("data") or {}
+    if "mean" not in data or "std" not in data:
+        return None
+    return [float(x) for x in data["mean"]], [float(x) for x in data["std"]]
+
+
 def check_compatible(ckpt: dict, arch: dict, classes: list[str], path: str | Path) -> None:
     """Refuse a checkpoint of another architecture, number of classes or class list."""
     saved, run = _flat_arch(ckpt["arch"]), _flat_arch(arch)
