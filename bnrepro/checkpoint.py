@@ -44,6 +44,18 @@ class CheckpointError(UserError):
     """A checkpoint that cannot be used for this run; the message says why and what to do."""
 
 
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (full disk, I/O error); the earlier ones are intact."""
+
+    def __init__(self, path: Path, err: OSError) -> None:
+        reason = err.strerror or str(err)
+        super().__init__(
+            f"could not write checkpoint {path}: {reason}. The run stopped here; the earlier "
+            f"checkpoints in {path.parent} are intact: free space (or fix the disk) and run the "
+            "same command again to resume from the newest of them."
+        )
+
+
 @dataclass
 class Progress:
     """Where a run is; saved in every checkpoint."""
@@ -160,14 +172,20 @@ def set_rng_state(state: dict) -> None:
 
 
 def save(path: Path, ckpt: dict) -> None:
-    """Write atomically: a reader (or a preempted job) sees the old file or the new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write atomically: a reader (or a preempted job) sees the old file or the new, never half.
+    A failed write (full disk, I/O error) removes its temp file, leaves every earlier checkpoint
+    as it was and raises CheckpointWriteError."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(ckpt, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)  # a half-written file would only fill the disk further
+        raise CheckpointWriteError(path, err) from err
 
 
 def load(path: str | Path) -> dict:
@@ -185,6 +203,16 @@ def load(path: str | Path) -> dict:
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a bnrepro checkpoint (format {FORMAT!r} expected)")
     return ckpt
+
+
+def input_normalization(ckpt: dict) -> tuple[list[float], list[float]] | None:
+    """The mean and std (fractions of 255, as configs/data/*.yaml) the checkpoint's network takes
+    its inputs normalised with: its config's data.mean/std (converted weights store theirs
+    there, bnrepro/weights.py); None if its config has none."""
+    data = (ckpt.get("config") or {}).get("data") or {}
+    if "mean" not in data or "std" not in data:
+        return None
+    return [float(x) for x in data["mean"]], [float(x) for x in data["std"]]
 
 
 def check_compatible(ckpt: dict, arch: dict, classes: list[str], path: str | Path) -> None:
@@ -295,8 +323,12 @@ class Checkpointer:
                 old.unlink()
         if best and periodic:  # a hard link: no second write; pruning ckpt_* leaves best.pt intact
             tmp = self.dir / "best.pt.tmp"
-            tmp.unlink(missing_ok=True)
-            os.link(path, tmp)
-            os.replace(tmp, self.dir / "best.pt")
+            try:
+                tmp.unlink(missing_ok=True)
+                os.link(path, tmp)
+                os.replace(tmp, self.dir / "best.pt")
+            except OSError as err:
+                tmp.unlink(missing_ok=True)
+                raise CheckpointWriteError(self.dir / "best.pt", err) from err
         elif best:
             save(self.dir / "best.pt", ckpt)

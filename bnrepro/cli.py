@@ -87,3 +87,11 @@ def bnrepro_bn_stats(argv: list[str] | None = None) -> None:
         from bnrepro.evaluation import bn_stats
 
         bn_stats.main(argv)
+
+
+def bnrepro_convert(argv: list[str] | None = None) -> None:
+    """bnrepro-convert: the public Caffe BN-Inception weights -> a checkpoint (bnrepro/weights.py)."""
+    with user_errors_exit("bnrepro-convert"):
+        from bnrepro import weights
+
+        weights.main(argv)

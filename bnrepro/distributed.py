@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -70,11 +71,21 @@ def resolve_device(name: str, key: str = "runtime.device", local_rank: int = 0) 
     return torch.device("cuda", local_rank) if cuda else torch.device("cpu")
 
 
-def setup(device: str = "auto") -> Dist:
+def setup(device: str = "auto", timeout_s: float | None = None) -> Dist:
     """Initialise the process group when launched as several processes; pick the device.
 
     runtime.device: auto (cuda if available), cpu or cuda. Backend: nccl on GPU, gloo on CPU.
+    runtime.dist_timeout_s (`timeout_s`): a collective that waits longer than this for another
+    rank fails, and the job ends. A rank that dies is caught sooner by the launcher (torchrun ends
+    the job, srun --kill-on-bad-exit=1 too, both naming the rank); the timeout ends the job when a
+    rank hangs instead (a stuck GPU, a stopped process), which no launcher notices. It must exceed
+    the longest wait between two collectives: rank 0 writing a checkpoint while the others wait.
+    None keeps torch's default (30 minutes for gloo, 10 for NCCL).
     """
+    if timeout_s is not None and not timeout_s > 0:
+        raise ValueError(
+            f"runtime.dist_timeout_s must be a positive number of seconds, got {timeout_s!r}"
+        )
     resolve_device(device)  # a bad value fails before any rank or rendezvous is read
     rank, world_size, local_rank, rendezvous = _env_ranks()
     dev = resolve_device(device, local_rank=local_rank)
@@ -84,7 +95,12 @@ def setup(device: str = "auto") -> Dist:
     if world_size > 1 and not dist.is_initialized():
         os.environ.update(rendezvous)
         dist.init_process_group(
-            "nccl" if use_cuda else "gloo", rank=rank, world_size=world_size, init_method="env://"
+            "nccl" if use_cuda else "gloo",
+            rank=rank,
+            world_size=world_size,
+            init_method="env://",
+            # NCCL: enforced by its watchdog thread, which aborts the process
+            timeout=None if timeout_s is None else timedelta(seconds=timeout_s),
         )
     return Dist(rank, world_size, local_rank, dev)
 

@@ -12,6 +12,7 @@ build from here; nothing here imports them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -58,6 +59,19 @@ class Runtime:
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         return images.contiguous(memory_format=fmt).float().sub_(self.mean).div_(self.std)
 
+    def with_normalization(self, mean: list[float], std: list[float]) -> Runtime:
+        """This runtime normalising with another mean and std (a data config's: fractions of
+        255), e.g. a checkpoint's own (converted weights: bnrepro/weights.py)."""
+        mean_t, std_t = _normalization(mean, std, self.device)
+        return dataclasses.replace(self, mean=mean_t, std=std_t)
+
+
+def _normalization(mean, std, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A data config's mean and std (fractions of 255) as [1, C, 1, 1] tensors in 0-255 units."""
+    mean_t = torch.tensor(list(mean), device=device).view(1, -1, 1, 1) * 255
+    std_t = torch.tensor(list(std), device=device).view(1, -1, 1, 1) * 255
+    return mean_t, std_t
+
 
 def build_runtime(runtime_cfg: DictConfig, data_cfg: DictConfig, device: torch.device) -> Runtime:
     """The Runtime of configs/runtime/*.yaml on `device` (from distributed.setup/resolve_device)."""
@@ -68,8 +82,7 @@ def build_runtime(runtime_cfg: DictConfig, data_cfg: DictConfig, device: torch.d
     if cuda and runtime_cfg.tf32:  # TF32 matmul/conv on Ampere+: ~fp32 accuracy, much faster
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     channels_last = cuda if runtime_cfg.channels_last == "auto" else bool(runtime_cfg.channels_last)
-    mean = torch.tensor(list(data_cfg.mean), device=device).view(1, -1, 1, 1) * 255
-    std = torch.tensor(list(data_cfg.std), device=device).view(1, -1, 1, 1) * 255
+    mean, std = _normalization(data_cfg.mean, data_cfg.std, device)
     return Runtime(device, AMP_DTYPES[amp], channels_last, bool(runtime_cfg.compile), mean, std)
 
 

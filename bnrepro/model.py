@@ -8,17 +8,36 @@ the printed table's defects; this file follows that resolution:
 - with BN, convs have no bias (BN's beta replaces it, paper section 3.2) and BN comes before
   every nonlinearity; without BN, convs get a bias, as the original Inception.
 
+Built as timm builds its own families (build_model_with_cfg, a pretrained_cfg, features_only,
+forward_intermediates, reset_classifier with a pool type, grad checkpointing), so timm's train.py,
+validate.py and feature extractors use it like any timm model:
+
     >>> import timm, bnrepro
     >>> model = timm.create_model("bn_inception", num_classes=1000)  # 11,285,224 parameters
+    >>> backbone = timm.create_model("bn_inception", features_only=True)  # reductions 2..32
+
+No weights are downloadable: `pretrained=True` needs a file, a bnrepro checkpoint (trained, or
+the public Caffe BN-Inception converted by `bnrepro-convert`, bnrepro/weights.py):
+
+    >>> timm.create_model("bn_inception", pretrained=True,
+    ...                   pretrained_cfg_overlay=dict(file="converted.pt"))
+
+No `from __future__ import annotations` here: TorchScript after FX needs real type objects.
 """
 
-from __future__ import annotations
-
+from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import torch
-from timm.models import register_model
+from timm.layers import SelectAdaptivePool2d
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from timm.models._manipulate import checkpoint_seq
 from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from bnrepro.errors import UserError
 
 # Figure 5, one row per inception module:
 # (name, #1x1, #3x3 reduce, #3x3, dbl #3x3 reduce, dbl #3x3, pool, pool proj, stride)
@@ -36,7 +55,22 @@ INCEPTION_TABLE = (
     ("5b", 352, 192, 320, 192, 224, "max", 128, 1),
 )
 
+# The five feature levels (features_only, forward_intermediates): the last layer at each
+# reduction of a 224 input (112, 56, 28, 14, 7).
+FEATURE_MODULES = ("stem.conv1", "stem.lrn2", "blocks.3b", "blocks.4d", "blocks.5b")
+FEATURE_REDUCTIONS = (2, 4, 8, 16, 32)
+
 ACTIVATIONS = {"relu": partial(nn.ReLU, inplace=True), "sigmoid": nn.Sigmoid}
+
+# How this project trains and evaluates on ImageNet (configs/data/imagenet.yaml: mean, std,
+# train_crop; eval_crop / eval_resize = 224 / 256; bilinear resize, bnrepro/data/transforms.py).
+# tests/test_timm_contract.py checks they agree with the YAML.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class PretrainedWeightsError(UserError, ValueError):
+    """pretrained=True without a file of weights; the message names the converter."""
 
 
 class ConvBlock(nn.Sequential):
@@ -50,7 +84,7 @@ class ConvBlock(nn.Sequential):
         stride: int = 1,
         *,
         batch_norm: bool,
-        act_layer: type[nn.Module],
+        act_layer: Callable[[], nn.Module],
         bn_eps: float,
         bn_momentum: float,
     ) -> None:
@@ -84,6 +118,8 @@ class InceptionModule(nn.Module):
 
     With stride 2 (3c, 4e) the last conv of each 3x3 branch and the pool stride, the 1x1 branch is
     absent and the pool branch passes its input through (Figure 5, "max + pass through").
+    pool_ceil_mode: the stride-2 pool is 3x3 without padding in ceil mode (Caffe's), instead of
+    padding 1; pool_count_include_pad: average pools divide by 9 at the border too (Caffe's).
     """
 
     def __init__(
@@ -98,6 +134,8 @@ class InceptionModule(nn.Module):
         pool_proj: int,
         stride: int,
         conv_block: partial,
+        pool_ceil_mode: bool = False,
+        pool_count_include_pad: bool = False,
     ) -> None:
         super().__init__()
         self.branch1x1 = conv_block(in_chs, n1x1, 1) if n1x1 else None
@@ -109,10 +147,18 @@ class InceptionModule(nn.Module):
             conv_block(ndbl_red, ndbl, 3),
             conv_block(ndbl, ndbl, 3, stride),
         )
+        caffe_stride = pool_ceil_mode and stride > 1
+        padding = 0 if caffe_stride else 1
         if pool == "max":
-            pool_layer = nn.MaxPool2d(3, stride, padding=1)
+            pool_layer = nn.MaxPool2d(3, stride, padding=padding, ceil_mode=caffe_stride)
         else:
-            pool_layer = nn.AvgPool2d(3, stride, padding=1, count_include_pad=False)
+            pool_layer = nn.AvgPool2d(
+                3,
+                stride,
+                padding=padding,
+                ceil_mode=caffe_stride,
+                count_include_pad=pool_count_include_pad,
+            )
         proj = conv_block(in_chs, pool_proj, 1) if pool_proj else nn.Identity()
         self.branch_pool = nn.Sequential(pool_layer, proj)
         self.out_chs = n1x1 + n3x3 + ndbl + (pool_proj or in_chs)
@@ -124,6 +170,11 @@ class InceptionModule(nn.Module):
         return torch.cat(branches, dim=1)
 
 
+def _pool(pool_type: str) -> SelectAdaptivePool2d:
+    """timm's global pool, flattened to N x C unless there is none (N x C x H x W)."""
+    return SelectAdaptivePool2d(pool_type=pool_type, flatten=bool(pool_type))
+
+
 def _scaled(channels: int, width_mult: float) -> int:
     return max(1, round(channels * width_mult)) if channels else 0
 
@@ -132,12 +183,16 @@ class BNInception(nn.Module):
     """Figure 5's network. Shapes below are for a 224x224 input; any size >= 32 works (global pool).
 
     Args:
-        num_classes: classifier outputs (1000 for ImageNet).
+        num_classes: classifier outputs (1000 for ImageNet); 0 = no classifier (pooled features).
         in_chans: input channels.
         batch_norm: BN before every nonlinearity (section 3.2); False gives the original Inception.
         activation: "relu" or "sigmoid" (BN-x5-Sigmoid, section 4.2.2).
         lrn: local response normalization at GoogLeNet's two places (after pool1, after conv2).
         dropout: dropout before the classifier (Inception: 0.4, section 4.2.3).
+        drop_rate: timm's name for `dropout` (timm's train.py always passes it, 0 by default):
+            used when given and non-zero; it must then agree with a non-zero `dropout`.
+        global_pool: timm's pool type ("avg", "max", "avgmax", "catavgmax"; "" = none, only
+            without a classifier).
         separable_conv1: conv1 as Figure 5 prints it (depthwise, multiplier 8) instead of plain 7x7.
         width_mult: scales every channel count, for small-scale runs.
         head_bn: per-activation BN on the classifier's input (the ensemble members, section 4.2.3).
@@ -145,6 +200,11 @@ class BNInception(nn.Module):
             with BN the output is unchanged, only the effective step size (lr / gain^2) is.
         bn_eps, bn_momentum: BN's epsilon and running-average momentum (docs/paper.md section 2, [ours]).
         lrn_size, lrn_alpha, lrn_beta: GoogLeNet's LRN parameters.
+        pool_ceil_mode: 3c/4e's stride-2 pool without padding, in ceil mode, as the Caffe
+            BN-Inception (the public weights, bnrepro/weights.py); needs even 28/14 px inputs to
+            3c/4e (224 px images). Default: padding 1, aligned with the stride-2 convs.
+        pool_count_include_pad: the modules' average pools count the zero padding (Caffe's);
+            default: they average the pixels inside the image only.
     """
 
     def __init__(
@@ -156,6 +216,8 @@ class BNInception(nn.Module):
         activation: str = "relu",
         lrn: bool = False,
         dropout: float = 0.0,
+        drop_rate: float | None = None,
+        global_pool: str = "avg",
         separable_conv1: bool = False,
         width_mult: float = 1.0,
         head_bn: bool = False,
@@ -165,12 +227,24 @@ class BNInception(nn.Module):
         lrn_size: int = 5,
         lrn_alpha: float = 1e-4,
         lrn_beta: float = 0.75,
+        pool_ceil_mode: bool = False,
+        pool_count_include_pad: bool = False,
     ) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        if drop_rate:
+            if dropout and dropout != drop_rate:
+                raise ValueError(
+                    f"dropout={dropout} and drop_rate={drop_rate} name the same dropout before "
+                    "the classifier: give one of them"
+                )
+            dropout = drop_rate
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.activation = activation
+        self.drop_rate = dropout
+        self.grad_checkpointing = False
         act_layer = ACTIVATIONS[activation]
         conv_block = partial(
             ConvBlock,
@@ -201,21 +275,38 @@ class BNInception(nn.Module):
         # inception modules: 3a-3c (28 -> 14), 4a-4e (14 -> 7), 5a-5b (7)
         self.blocks = nn.Sequential()
         chs = w(192)
+        channels = {"stem.conv1": w(64), "stem.lrn2": w(192)}
         for name, *cols, pool, proj, stride in INCEPTION_TABLE:
             n1, n3r, n3, ndr, nd = (w(c) for c in cols)
-            block = InceptionModule(chs, n1, n3r, n3, ndr, nd, pool, w(proj), stride, conv_block)
+            block = InceptionModule(
+                chs, n1, n3r, n3, ndr, nd, pool, w(proj), stride, conv_block,
+                pool_ceil_mode=pool_ceil_mode, pool_count_include_pad=pool_count_include_pad,
+            )  # fmt: skip
             self.blocks.add_module(name, block)
-            chs = block.out_chs
-        self.num_features = chs  # 1024 at width 1
+            chs = channels[f"blocks.{name}"] = block.out_chs
+        self.num_features = self.head_hidden_size = chs  # 1024 at width 1
+        self.feature_info = [
+            dict(num_chs=channels[m], reduction=r, module=m)
+            for m, r in zip(FEATURE_MODULES, FEATURE_REDUCTIONS, strict=True)
+        ]
 
         # head: global average pool (7x7/1 at 224), [per-activation BN], dropout, linear
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.head_bn = (
-            nn.BatchNorm1d(chs, eps=bn_eps, momentum=bn_momentum) if head_bn else nn.Identity()
-        )
+        self._head_bn = head_bn
+        self._bn_args = dict(eps=bn_eps, momentum=bn_momentum)
+        if head_bn and not global_pool:
+            raise ValueError("head_bn normalises the pooled features: it needs a global_pool")
+        self.global_pool = _pool(global_pool)
+        pooled = chs * self.global_pool.feat_mult()
+        self.head_bn = nn.BatchNorm1d(pooled, **self._bn_args) if head_bn else nn.Identity()
         self.head_drop = nn.Dropout(dropout)
-        self.fc = nn.Linear(chs, num_classes)
+        self.fc = self._classifier(num_classes, global_pool)
         self._init_weights(init_gain)
+
+    def _classifier(self, num_classes: int, global_pool: str) -> nn.Module:
+        if num_classes and not global_pool:
+            raise ValueError("global_pool='' (no pooling) needs num_classes=0 (no classifier)")
+        pooled = self.num_features * self.global_pool.feat_mult()
+        return nn.Linear(pooled, num_classes) if num_classes else nn.Identity()
 
     def _init_weights(self, gain: float) -> None:
         # [ours] He-normal (fan_in), as TF-slim's inception_v2 arg scope; the paper does not say.
@@ -229,18 +320,106 @@ class BNInception(nn.Module):
                 nn.init.normal_(m.weight, std=0.01)
                 nn.init.zeros_(m.bias)
 
+    # ---- timm's model interface --------------------------------------------------------
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups for layer-wise LR decay: the stem, then one group per module."""
+        names = [row[0] for row in INCEPTION_TABLE]
+        return dict(
+            stem=r"^stem\.",
+            blocks=[(rf"^blocks\.{name}\.", (i,)) for i, name in enumerate(names)],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return set()  # timm already spares 1-d parameters (BN, biases) from weight decay
+
+    @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.fc
 
-    def reset_classifier(self, num_classes: int) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new classifier of num_classes (0: none); global_pool changes the pool ("" = none)."""
         self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes)
+        if global_pool is not None:
+            self.global_pool = _pool(global_pool)
+            pooled = self.num_features * self.global_pool.feat_mult()
+            if not global_pool:  # no pooled features left to normalise: the head BN goes too
+                self.head_bn = nn.Identity()
+            elif self._head_bn and self.head_bn.num_features != pooled:
+                self.head_bn = nn.BatchNorm1d(pooled, **self._bn_args)
+        self.fc = self._classifier(num_classes, self.global_pool.pool_type)
+
+    def _layers(self) -> list[tuple[str, nn.Module]]:
+        """Stem layers then modules, in order, with their feature_info names."""
+        return [(f"stem.{n}", m) for n, m in self.stem.named_children()] + [
+            (f"blocks.{n}", m) for n, m in self.blocks.named_children()
+        ]
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """The features at the feature_info levels (indices: the last n if int, all if None);
+        with intermediates_only=False also forward_features' output."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+        levels = [info["module"] for info in self.feature_info]
+        intermediates = []
+        for name, layer in self._layers():
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(layer, x, use_reentrant=False)
+            else:
+                x = layer(x)
+            if name in levels:
+                level = levels.index(name)
+                if level in take_indices:
+                    intermediates.append(x)
+                if stop_early and level >= max_index:
+                    break
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the layers after the last feature level asked for (and the head)."""
+        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+        last = self.feature_info[max_index]["module"]
+        part, name = last.split(".")
+        if part == "stem":
+            keep = list(dict(self.stem.named_children())).index(name) + 1
+            self.stem = self.stem[:keep]
+            self.blocks = nn.Sequential()
+        else:
+            keep = list(dict(self.blocks.named_children())).index(name) + 1
+            self.blocks = self.blocks[:keep]
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take_indices
+
+    # ---- forward ------------------------------------------------------------------------
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(self.stem(x))  # N x 1024 x 7 x 7 at 224
+        x = self.stem(x)  # N x 192 x 28 x 28 at 224
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)  # N x 1024 x 7 x 7 at 224
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_bn(self.global_pool(x).flatten(1))  # N x 1024
+        x = self.head_bn(self.global_pool(x))  # N x 1024 (unpooled with global_pool="")
         x = self.head_drop(x)
         return x if pre_logits else self.fc(x)
 
@@ -248,11 +427,72 @@ class BNInception(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-@register_model
-def bn_inception(pretrained: bool = False, **kwargs) -> BNInception:
-    """BN-Inception, paper appendix Figure 5 (11,285,224 parameters with 1000 classes)."""
+def _cfg(**overrides: Any) -> dict:
+    return {
+        "url": "",
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "crop_pct": 224 / 256,
+        "crop_mode": "center",
+        "interpolation": "bilinear",
+        "mean": IMAGENET_MEAN,
+        "std": IMAGENET_STD,
+        "first_conv": "stem.conv1.conv",
+        "classifier": "fc",
+        "license": "mit",
+        **overrides,
+    }
+
+
+# No weights to download: train them (bnrepro-train) or convert the public Caffe ones
+# (bnrepro-convert), then pass the file (see _create).
+default_cfgs = generate_default_cfgs({"bn_inception.bnrepro": _cfg()})
+
+
+def _create(variant: str, pretrained: bool, **kwargs: Any) -> BNInception:
+    overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
     if pretrained:
-        raise ValueError("bn_inception has no pretrained weights: train one with bnrepro-train")
-    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):  # timm's, not ours
-        kwargs.pop(key, None)
-    return BNInception(**kwargs)
+        if not overlay.get("file"):
+            raise PretrainedWeightsError(
+                f"{variant} has no pretrained weights to download: train one (bnrepro-train) or "
+                "convert the public Caffe BN-Inception (bnrepro-convert "
+                "bn_inception-52deb4733.pth converted.pt), then pass "
+                "pretrained_cfg_overlay=dict(file='converted.pt')"
+            )
+        # The file's architecture and normalisation (what a converted checkpoint needs: Caffe
+        # pooling, BN eps, BGR mean) unless the caller sets them.
+        arch_kwargs, normalization = _saved_model_info(overlay["file"])
+        kwargs = {**arch_kwargs, **kwargs}
+        overlay = {**normalization, **overlay}
+    return build_model_with_cfg(
+        BNInception,
+        variant,
+        pretrained,
+        pretrained_cfg_overlay=overlay,
+        feature_cfg=dict(flatten_sequential=True),
+        **kwargs,
+    )
+
+
+def _saved_model_info(path: str) -> tuple[dict, dict]:
+    """(model keyword arguments, pretrained_cfg entries: classes, channels, mean/std) stored in a
+    bnrepro checkpoint; ({}, {}) for another file (timm loads it as a plain state dict)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or "arch" not in ckpt:
+        return {}, {}
+    saved = dict(ckpt["arch"].get("kwargs", {}))
+    # The caller's num_classes / in_chans: timm adapts the classifier and first conv when they
+    # differ from the pretrained_cfg's, which are the file's.
+    cfg = {"num_classes": saved.pop("num_classes", 1000)}
+    if "in_chans" in saved:
+        cfg["input_size"] = (saved.pop("in_chans"), *_cfg()["input_size"][1:])
+    data = (ckpt.get("config") or {}).get("data") or {}
+    cfg.update({k: tuple(data[k]) for k in ("mean", "std") if k in data})
+    return saved, cfg
+
+
+@register_model
+def bn_inception(pretrained: bool = False, **kwargs: Any) -> BNInception:
+    """BN-Inception, paper appendix Figure 5 (11,285,224 parameters with 1000 classes)."""
+    return _create("bn_inception", pretrained, **kwargs)

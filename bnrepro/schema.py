@@ -82,6 +82,7 @@ class RuntimeSchema:
     compile: bool
     tf32: bool
     progress: bool
+    dist_timeout_s: Number
 
 
 @dataclasses.dataclass

@@ -120,7 +120,7 @@ class Session:
 
 def start(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> Session:
     """Set up the job, build everything, resume from a checkpoint if there is one."""
-    dist = distributed.setup(cfg.runtime.device)
+    dist = distributed.setup(cfg.runtime.device, timeout_s=cfg.runtime.dist_timeout_s)
     runtime = engine.build_runtime(cfg.runtime, cfg.data, dist.device)
     engine.seed_everything(cfg.seed)  # the same initial weights on every rank
     data = engine.build_data(cfg, rank=dist.rank, world_size=dist.world_size)

@@ -1,6 +1,20 @@
-"""Shared test fixtures."""
+"""Shared test fixtures, and the `gpu` marker's skip."""
 
 import pytest
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """`gpu` tests need CUDA: collected always (`pytest -m gpu` lists them), skipped without it.
+    scripts/gpu_check.sh runs them on a GPU machine."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device: run scripts/gpu_check.sh on a GPU machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
 
 # ---------------------------------------------------------------- training loop (issue 4)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bnrepro import checkpoint
-from bnrepro.checkpoint import Checkpointer, CheckpointError
+from bnrepro.checkpoint import Checkpointer, CheckpointError, CheckpointWriteError
 
 ARCH = {"name": "bn_inception", "kwargs": {"width_mult": 0.25, "num_classes": 10}}
 CLASSES = [f"n{i:08d}" for i in range(10)]
@@ -101,6 +101,63 @@ def test_config_diff_ignores_keys_a_newer_version_added() -> None:
     assert checkpoint.config_diff(saved, {"optim": {"lr": 0.03, "new_knob": True}, "seed": 0}) == [
         "optim.lr"
     ]
+
+
+def _disk_fills_after(nbytes: int):
+    """A torch.save that writes `nbytes` of the file, then fails as a full disk does."""
+    import errno
+
+    def full_disk(obj, f) -> None:
+        f.write(b"\0" * nbytes)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    return full_disk
+
+
+def test_full_disk_keeps_the_previous_checkpoint_and_says_so(tmp_path, monkeypatch) -> None:
+    ckpts = Checkpointer(tmp_path, keep_last=1)
+    ckpts.save(fake_ckpt(100), periodic=True, best=True)
+    monkeypatch.setattr(checkpoint.torch, "save", _disk_fills_after(1000))
+    with pytest.raises(CheckpointWriteError, match=r"ckpt_000000000200.pt: No space left on dev"):
+        ckpts.save(fake_ckpt(200), periodic=True, best=True)
+    monkeypatch.undo()
+    # No half-written or temp file; the previous checkpoint (not pruned) and best.pt still load.
+    assert sorted(p.name for p in ckpts.dir.iterdir()) == ["best.pt", "ckpt_000000000100.pt"]
+    assert ckpts.newest_valid()[1]["images_seen"] == 100
+    assert checkpoint.load(ckpts.dir / "best.pt")["images_seen"] == 100
+
+
+def test_io_error_writing_best_alone_leaves_the_old_best(tmp_path, monkeypatch) -> None:
+    ckpts = Checkpointer(tmp_path, keep_last=2)
+    ckpts.save(fake_ckpt(100), periodic=True, best=True)
+    monkeypatch.setattr(checkpoint.torch, "save", _disk_fills_after(10))
+    with pytest.raises(CheckpointWriteError, match="best.pt: No space left on device.*intact"):
+        ckpts.save(fake_ckpt(150), periodic=False, best=True)
+    monkeypatch.undo()
+    assert sorted(p.name for p in ckpts.dir.iterdir()) == ["best.pt", "ckpt_000000000100.pt"]
+    assert checkpoint.load(ckpts.dir / "best.pt")["images_seen"] == 100
+
+
+def test_training_stops_with_a_clear_message_when_the_disk_fills(tiny_overrides, tmp_path):
+    """The run's second checkpoint fails to write: train() stops with CheckpointWriteError (a
+    UserError: one line, exit status 2) and the same command resumes from the first."""
+    from bnrepro import train as T
+    from bnrepro.config import compose
+
+    cfg = compose("train", tiny_overrides)  # checkpoints at 48 and 96 images
+    real_save, calls = torch.save, []
+
+    def fails_second_time(obj, f) -> None:
+        calls.append(1)
+        (_disk_fills_after(500) if len(calls) == 2 else real_save)(obj, f)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(checkpoint.torch, "save", fails_second_time)
+        with pytest.raises(CheckpointWriteError, match="ckpt_000000000096.pt: No space left"):
+            T.train(cfg)
+    folder = tmp_path / cfg.run_name / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["best.pt", "ckpt_000000000048.pt"]
+    assert T.train(cfg)["images_seen"] == 96  # the same command resumes and finishes
 
 
 def restored_progress(data: dict, shuffle: str = "full") -> checkpoint.Progress:

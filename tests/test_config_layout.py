@@ -18,8 +18,10 @@ RUNTIME_KEYS = ("device", "amp", "channels_last", "compile", "tf32", "progress")
 MOVED = {f"trainer.{k}": f"runtime.{k}" for k in RUNTIME_KEYS}  # old key -> new key
 REPLACED = {"optim.reference_batch": PAPER_BATCH}  # old key -> the constant that replaces it
 REMOVED = ("optim.warmup_lr_scale",)  # issue 11: the warmup starts at optim.lr, the paper's own LR
-# Keys added since, each with the value that keeps a run what it was.
-ADDED = {"logger.wandb.log_checkpoints": False}  # issue 12: checkpoints as W&B artifacts
+ADDED = {  # keys new since then, each with the value that keeps a run what it was
+    "runtime.dist_timeout_s": 600,  # issue 15: DDP hang timeout
+    "logger.wandb.log_checkpoints": False,  # issue 12: checkpoints as W&B artifacts
+}
 
 
 def flat(cfg, prefix: str = "") -> dict:
@@ -70,5 +72,6 @@ def test_small_data_brings_its_scale_and_imagenet_none():
 
 def test_ensemble_config_has_runtime_and_data_but_no_training_keys():
     cfg = compose("ensemble", ["checkpoints=x.pt"])
-    assert set(cfg.runtime) == set(RUNTIME_KEYS) == set(compose("train").runtime)
+    runtime_keys = {*RUNTIME_KEYS, *(k.removeprefix("runtime.") for k in ADDED)}
+    assert set(cfg.runtime) == runtime_keys == set(compose("train").runtime)
     assert not {"model", "optim", "trainer"} & set(cfg)

@@ -1,9 +1,14 @@
-"""2-process DDP on CPU (torchrun, gloo): both ranks end with the same model; only rank 0 logs."""
+"""2-process DDP on CPU (torchrun, gloo): both ranks end with the same model; only rank 0 logs.
+A rank that dies or hangs ends the whole job, never a hang (runtime.dist_timeout_s)."""
 
 import json
 import os
+import re
+import signal
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -57,6 +62,108 @@ def test_resolve_device_names_the_key_in_its_errors():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="runtime.device=cuda but no CUDA device"):
             resolve_device("cuda")
+
+
+# A rank that writes rank<RANK>.pid after its first step, and stops itself there (alive, never at
+# the next collective: a hung rank) when it is HANG_RANK.
+REPORTING_WORKER = """
+import os, signal, sys
+from pathlib import Path
+from bnrepro import train as T
+from bnrepro.config import compose
+
+step = T.train_step
+def reporting_step(*args, **kwargs):
+    out = step(*args, **kwargs)
+    rank = os.environ["RANK"]
+    Path(sys.argv[1], f"rank{rank}.pid").write_text(str(os.getpid()))
+    if os.environ.get("HANG_RANK") == rank:
+        os.kill(os.getpid(), signal.SIGSTOP)
+    return out
+T.train_step = reporting_step
+T.train(compose("train", sys.argv[2:]))
+"""
+
+
+def wait_for_pid(path, processes, timeout: float = 180) -> int:
+    deadline = time.time() + timeout
+    while not path.exists() or not path.read_text():
+        assert all(p.poll() is None for p in processes), "a rank ended before its first step"
+        assert time.time() < deadline, f"no {path.name} after {timeout} s"
+        time.sleep(0.2)
+    return int(path.read_text())
+
+
+def long_run(tiny_overrides) -> list[str]:
+    """Two ranks that would train for minutes: only a failure ends them early."""
+    return [*tiny_overrides, "experiment=bn_x5", "runtime.device=cpu", "trainer.max_images=1e6",
+            "trainer.eval_every_images=1e6", "trainer.ckpt_every_images=1e6"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_killed_rank_ends_the_torchrun_job_naming_it(tiny_overrides, tmp_path):
+    (tmp_path / "worker.py").write_text(REPORTING_WORKER)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(tmp_path / "worker.py"), str(tmp_path), *long_run(tiny_overrides)]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled")
+    job = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        pid = wait_for_pid(tmp_path / "rank1.pid", [job])
+        os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        output, _ = job.communicate(timeout=120)
+    finally:
+        job.kill()
+    assert time.monotonic() - killed < 60, "the job outlived its dead rank by a minute"
+    assert job.returncode != 0
+    # torchrun's failure report names the rank and the signal
+    assert re.search(r"rank\s*:\s*1 \(local_rank: 1\)", output), output[-3000:]
+    assert "SIGKILL" in output, output[-3000:]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_a_hung_rank_ends_the_job_after_dist_timeout(tiny_overrides, tmp_path):
+    """Rank 1 stops (alive, silent: no launcher notices). Rank 0's next collective fails after
+    runtime.dist_timeout_s instead of waiting forever (torch's default is 30 minutes)."""
+    (tmp_path / "worker.py").write_text(REPORTING_WORKER)
+    overrides = [*long_run(tiny_overrides), "runtime.dist_timeout_s=5"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled", WORLD_SIZE="2",
+               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), HANG_RANK="1")  # fmt: skip
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, str(tmp_path / "worker.py"), str(tmp_path), *overrides],
+            env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for r in (0, 1)
+    ]
+    try:
+        wait_for_pid(tmp_path / "rank1.pid", ranks[:1])
+        hung = time.monotonic()
+        output, _ = ranks[0].communicate(timeout=120)
+    finally:
+        for rank in ranks:
+            rank.kill()
+    assert time.monotonic() - hung < 60, "rank 0 waited a minute for the hung rank"
+    assert ranks[0].returncode != 0
+    assert re.search(r"time(d)? ?out", output, re.IGNORECASE), output[-3000:]
+
+
+def test_dist_timeout_must_be_positive():
+    from bnrepro.distributed import setup
+
+    with pytest.raises(ValueError, match="runtime.dist_timeout_s must be a positive number"):
+        setup("cpu", timeout_s=0)
 
 
 RECORDING_WORKER = """

@@ -28,7 +28,8 @@ def test_wheel_holds_every_config_and_the_entry_points(tmp_path):
     assert yaml_files and {f"bnrepro/{f}" for f in yaml_files} <= names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
-    for script in ("bnrepro-train", "bnrepro-ensemble", "bnrepro-report", "bnrepro-fig1"):
+    for script in ("bnrepro-train", "bnrepro-ensemble", "bnrepro-report", "bnrepro-fig1",
+                   "bnrepro-convert"):  # fmt: skip
         assert f"{script} = bnrepro.cli:" in text
 
 

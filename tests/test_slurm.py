@@ -99,6 +99,12 @@ def test_templates_send_the_trainers_preemption_signal(template):
     assert f"@{signal_delay}" in text  # the same warning time as the launcher's
 
 
+@pytest.mark.parametrize("template", ["train.sbatch", "ensemble_members.sbatch"])
+def test_templates_end_the_job_when_a_task_dies(template):
+    text = (REPO / "slurm" / template).read_text()
+    assert "srun --kill-on-bad-exit=1 bnrepro-train" in text
+
+
 @pytest.fixture(scope="session")
 def job_env(tmp_path_factory) -> dict[str, str]:
     """The environment the jobs inherit (sbatch exports it): this venv first on PATH, and the
@@ -252,6 +258,35 @@ def test_warning_signal_checkpoints_requeues_and_completes(tmp_path, job_env, ta
     assert text.count("preempted: checkpointed, requeued") == 1, text[-3000:]
     assert "(restart 1)" in text and "resumed at" in text, text[-3000:]
     assert_one_curve(run_dir, max_images=max_images, global_batch=tasks * BATCH)
+
+
+def task_pids(job_id: str, task: int) -> list[int]:
+    """The processes of global task (rank) `task` of the job's steps (`scontrol listpids`)."""
+    out = _run(["scontrol", "listpids", job_id]).stdout.splitlines()[
+        1:
+    ]  # PID JOBID STEPID LOCALID GLOBALID
+    rows = [line.split() for line in out]
+    return [int(r[0]) for r in rows if len(r) == 5 and r[4] == str(task) and r[2].isdigit()]
+
+
+@on_cluster
+def test_a_killed_rank_ends_the_srun_job_naming_it(tmp_path, job_env):
+    """SIGKILL to rank 1 of a 2-task DDP job: srun --kill-on-bad-exit=1 (slurm/train.sbatch) ends
+    the other task and the job within a minute, and the log names the task; never a hang."""
+    job, log, run_dir = train_job(
+        tmp_path, job_env, max_images=100_000, every=32, sbatch_args=["--ntasks-per-node=2"]
+    )
+    wait_for("the first checkpoint", first_checkpoint(run_dir))
+    pids = task_pids(job, 1)
+    assert pids, _run(["scontrol", "listpids", job]).stdout
+    for pid in pids:
+        os.kill(pid, 9)
+    killed = time.time()
+    done = wait_done(job, timeout=120)
+    assert time.time() - killed < 60, f"job {job} outlived its dead rank by a minute"
+    assert set(done.values()) == {"FAILED"}, done
+    text = log.read_text()
+    assert "task 1: Killed" in text, text[-3000:]
 
 
 @on_cluster

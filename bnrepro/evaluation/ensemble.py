@@ -15,7 +15,9 @@ and as the val set) before any image is read. With pop_stats_batches, Algorithm 
 member's own training pipeline (its checkpoint's data config: colour strength, batch size, ...).
 Each image is decoded once; its crops are cut from the decoded tensor on the device
 (bnrepro/evaluation/crops.py); the crops of several images go through each member as one
-batch, and all members see a batch before the next is loaded. Writes results.json,
+batch, and all members see a batch before the next is loaded. Each member's crops are
+normalised with its checkpoint's data mean/std (its training config's; converted Caffe weights
+store theirs, bnrepro/weights.py), else with this command's data.mean/std. Writes results.json,
 results.md (and probs.npz with save_probs=true) into the run folder; exit status 0 on success,
 2 with a one-line message on bad input.
 """
@@ -128,6 +130,7 @@ class Member:
     images_seen: int | None
     config: dict  # the checkpoint's resolved training config ({} if it has none)
     wandb_run_id: str | None = None  # the training run's: its checkpoints' artifact model-<id>
+    normalization: tuple[list[float], list[float]] | None = None  # its inputs' mean, std
 
     @property
     def selected_on_val(self) -> bool:
@@ -176,6 +179,7 @@ def load_member(path: Path) -> Member:
         images_seen=ckpt.get("images_seen"),
         config=config,
         wandb_run_id=ckpt.get("wandb_run_id"),
+        normalization=checkpoint.input_normalization(ckpt),
     )
 
 
@@ -258,6 +262,7 @@ def evaluate_crops(
     n_crops: int,
     resolution: int,
     runtime: engine.Runtime,
+    member_runtimes: list[engine.Runtime] | None = None,
     save_probs: bool = False,
     progress: bool = False,
     total: int | None = None,
@@ -265,10 +270,13 @@ def evaluate_crops(
     """Each model alone and each set's ensemble, on `batches` of (decoded images, labels,
     number of unreadable files left out).
 
-    runtime.inputs makes the uint8 crops model inputs. Probabilities are averaged over an image's
-    crops, then over a set's members (GoogLeNet section 7, paper section 4.2.3).
+    member_runtimes[i].inputs (default: runtime.inputs) makes the uint8 crops member i's inputs:
+    a member may need its own normalisation (converted weights); members that share a Runtime
+    share the normalised batch. Probabilities are averaged over an image's crops, then over a
+    set's members (GoogLeNet section 7, paper section 4.2.3).
     """
     n_sets, n_members = len(model_sets), len(model_sets[0])
+    member_runtimes = member_runtimes or [runtime] * n_members
     # counts stay on the device: no host sync per batch (only save_probs copies to the host)
     correct = torch.zeros(n_sets, n_members + 1, 2, dtype=torch.long, device=runtime.device)
     kept, labels_kept, seen, skipped = [], [], 0, 0
@@ -279,14 +287,17 @@ def evaluate_crops(
         if not images:
             continue
         crops = torch.cat([cut_crops(im.to(runtime.device), n_crops, resolution) for im in images])
-        x = runtime.inputs(crops)
+        inputs = {}  # one normalised batch per distinct Runtime
         labels = labels.to(runtime.device)
         probs = []  # [sets][members] of [images, classes]
         for models in model_sets:
             probs.append([])
-            for model in models:
+            for model, member_runtime in zip(models, member_runtimes, strict=True):
+                key = id(member_runtime)
+                if key not in inputs:
+                    inputs[key] = member_runtime.inputs(crops)
                 with runtime.autocast():
-                    logits = model(x)
+                    logits = model(inputs[key])
                 p = logits.float().softmax(-1).view(len(images), n_crops, -1).mean(1)
                 probs[-1].append(p)
         p = torch.stack([torch.stack(ps) for ps in probs])  # [sets, members, images, classes]
@@ -323,12 +334,33 @@ def member_data_config(data: DictConfig, member: Member) -> DictConfig:
     return OmegaConf.merge(own, {k: data[k] for k in _DATA_LOCATION if k in data})
 
 
-def _pop_stats_models(members: list[Member], cfg: DictConfig, runtime: engine.Runtime) -> list:
-    """Copies of the members with Algorithm 2's population statistics, each over
-    pop_stats_batches batches of its own training pipeline (as bnrepro-bn-stats does); members
-    that share a pipeline see the same batches."""
-    loaders, models = {}, []
+def member_runtimes(members: list[Member], runtime: engine.Runtime) -> list[engine.Runtime]:
+    """Each member's Runtime: `runtime` with the member's own input normalisation where its
+    checkpoint stores one (the data config it trained with, or converted weights' mean/std);
+    members with equal normalisations share one Runtime (one normalised batch)."""
+    shared: dict[tuple, engine.Runtime] = {}
+    out = []
     for m in members:
+        if m.normalization is None:
+            out.append(runtime)
+            continue
+        key = (tuple(m.normalization[0]), tuple(m.normalization[1]))
+        if key not in shared:
+            own = runtime.with_normalization(*m.normalization)
+            same = torch.equal(own.mean, runtime.mean) and torch.equal(own.std, runtime.std)
+            shared[key] = runtime if same else own
+        out.append(shared[key])
+    return out
+
+
+def _pop_stats_models(
+    members: list[Member], cfg: DictConfig, runtimes: list[engine.Runtime]
+) -> list:
+    """Copies of the members with Algorithm 2's population statistics, each over
+    pop_stats_batches batches of its own training pipeline (as bnrepro-bn-stats does), normalised
+    as the member takes its inputs; members that share a pipeline see the same batches."""
+    loaders, models = {}, []
+    for m, runtime in zip(members, runtimes, strict=True):
         data_cfg = member_data_config(cfg.data, m)
         key = OmegaConf.to_yaml(data_cfg)
         if key not in loaders:
@@ -410,9 +442,10 @@ def evaluate_ensemble(cfg: DictConfig, run_dir: str | Path) -> dict:
         m.model.to(device)
         if runtime.channels_last:
             m.model.to(memory_format=torch.channels_last)
+    runtimes = member_runtimes(members, runtime)
     model_sets, set_names = [[m.model for m in members]], ["moving"]
     if cfg.pop_stats_batches:
-        model_sets.append(_pop_stats_models(members, cfg, runtime))
+        model_sets.append(_pop_stats_models(members, cfg, runtimes))
         set_names.append("population")
     if runtime.compile:
         model_sets = [[torch.compile(model) for model in models] for models in model_sets]
@@ -425,6 +458,7 @@ def evaluate_ensemble(cfg: DictConfig, run_dir: str | Path) -> dict:
         n_crops=cfg.crops,
         resolution=cfg.resolution,
         runtime=runtime,
+        member_runtimes=runtimes,
         save_probs=cfg.save_probs,
         progress=bars_enabled(cfg.runtime.progress, is_main=True),  # a terminal only
         total=len(images),
@@ -443,13 +477,15 @@ def evaluate_ensemble(cfg: DictConfig, run_dir: str | Path) -> dict:
                 "sha256": file_sha256(m.path),  # exactly which file was evaluated
                 "wandb_run_id": m.wandb_run_id,
                 "artifact": member_artifact_name(m),
+                "input_mean": _as_list(rt.mean),
+                "input_std": _as_list(rt.std),
                 **(
                     {"pop_stats_data": OmegaConf.to_container(member_data_config(cfg.data, m))}
                     if cfg.pop_stats_batches
                     else {}
                 ),
             }
-            for m in members
+            for m, rt in zip(members, runtimes, strict=True)
         ],  # fmt: skip
         "member_checkpoint": cfg.member_checkpoint,
         "selected_on_val": any(m.selected_on_val for m in members),
@@ -467,6 +503,11 @@ def evaluate_ensemble(cfg: DictConfig, run_dir: str | Path) -> dict:
     if cfg.logger.wandb.mode != "disabled":
         _log_wandb(results, members, cfg, run_dir)
     return results
+
+
+def _as_list(x: torch.Tensor) -> list[float]:
+    """A Runtime's mean or std in the data config's units (fractions of 255)."""
+    return [v / 255 for v in x.flatten().tolist()]
 
 
 def figure4_markdown(rows: list[dict]) -> str:

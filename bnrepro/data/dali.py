@@ -1,0 +1,200 @@
+"""data.decode=dali: NVIDIA DALI decodes, crops, resizes and flips the batch (on the GPU with its
+"mixed" nvJPEG decoder, or on the CPU where there is none), from crops that OUR code chose.
+
+    pip install -e '.[dali]'       # nvidia-dali-cuda130 (also runs CPU-only pipelines)
+    bnrepro-train data=imagenet data.root=/datasets/imagenet data.decode=dali
+
+Order, sharding, epoch and resume position are the CPU loader's by construction: DataLoader
+workers walk the same EpochSampler (data/sampler.py) and hand each file's bytes to DALI through an
+external source, with the crop box and flip drawn from the sample's own (seed, epoch, index)
+stream as the CPU path draws them (transforms.sample_train), or the centre box at evaluation.
+DALI does no random choice of its own.
+
+The colour distortion is not DALI's: TF-slim's ops (transforms.py) run on DALI's output batch on
+its device, as decode=gpu does. DALI cannot express them exactly: its brightness_contrast scales
+about one fixed centre per image, TF's contrast about each channel's own mean; its hsv operator
+is a linear map in YIQ space, TF's adjust_hue/adjust_saturation work in the HSV hexcone and clip
+saturation to [0, 1]; and TF-slim leaves values unclipped between ops in one of four orders.
+
+Files DALI cannot take (unreadable ones, or a batch its decoder refuses) go through the CPU path,
+which also skips and counts bad files (datasets.ImageFiles.try_load).
+
+Speed: the workers read files and draw crops ahead (the DataLoader's prefetch); DALI runs one
+batch at a time when the loop asks for it, while the GPU still works through the step queued
+before. Whether this or decode=gpu keeps the GPU busier is what scripts/bench_gpu.py measures
+(results/bench_gpu.md); a deeper DALI queue is the next step if neither does.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from bnrepro.data import transforms as T
+from bnrepro.data.datasets import ImageFiles, augment_rng
+from bnrepro.data.sampler import loader_kwargs
+from bnrepro.errors import UserError
+
+
+class DaliMissingError(UserError):
+    """data.decode=dali without the `dali` extra installed: the message says how to install it."""
+
+
+def import_dali():
+    """nvidia.dali, or a one-line error that says how to install it."""
+    try:
+        import nvidia.dali  # noqa: F401
+        import nvidia.dali.plugin.pytorch  # noqa: F401
+    except ImportError as err:
+        raise DaliMissingError(
+            f"data.decode=dali needs NVIDIA DALI ({err}): pip install -e '.[dali]' "
+            "(or use data.decode=cpu / gpu)"
+        ) from err
+    return nvidia.dali
+
+
+class EncodedFiles(Dataset):
+    """Worker side: a file's bytes and the box/flip/colour the CPU path would use for it, drawn
+    from the same (seed, epoch, index) stream (training) or the centre box (evaluation)."""
+
+    def __init__(self, ds: ImageFiles):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, key: int | tuple[int, int, int]):
+        index, epoch, seed = key if isinstance(key, tuple) else (key, 0, 0)
+        label = int(self.ds.split.labels[index])
+        read = self.ds.try_load(index, lambda data: (data, T.image_size(data)))
+        if read is None:  # unreadable (warned, counted): the CPU path takes the next readable one
+            return key, None, None, label
+        data, (w, h) = read
+        t = self.ds.transform
+        if self.ds.train:
+            params = T.sample_train(w, h, t.aug, augment_rng(seed, epoch, index))
+        else:
+            params = T.TrainParams(T.eval_box(w, h, t.resize, t.crop), False, ())
+        return key, np.frombuffer(data, dtype=np.uint8), params, label
+
+
+def _pipeline(size: int, device: str, batch_size: int, num_threads: int, device_id: int | None):
+    """Encoded file + absolute crop box + flip flag -> uint8 [3, size, size] (CHW)."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
+                  prefetch_queue_depth=1, exec_async=False, exec_pipelined=False)  # fmt: skip
+    def crops():
+        jpegs = fn.external_source(name="jpegs", dtype=types.UINT8, ndim=1)
+        anchor = fn.external_source(name="anchor", dtype=types.FLOAT, ndim=1)  # x0, y0
+        shape = fn.external_source(name="shape", dtype=types.FLOAT, ndim=1)  # w, h
+        flip = fn.external_source(name="flip", dtype=types.INT32, ndim=0)
+        images = fn.decoders.image_slice(
+            jpegs, anchor, shape, device="mixed" if device == "cuda" else "cpu",
+            output_type=types.RGB, normalized_anchor=False, normalized_shape=False,
+        )  # fmt: skip
+        # Antialiased bilinear, as the CPU path's torch.nn.functional.interpolate.
+        images = fn.resize(images, resize_x=size, resize_y=size, antialias=True,
+                           interp_type=types.INTERP_LINEAR)  # fmt: skip
+        return fn.crop_mirror_normalize(images, dtype=types.UINT8, output_layout="CHW", mirror=flip)
+
+    pipe = crops()
+    pipe.build()
+    return pipe
+
+
+class DaliLoader:
+    """Batches (uint8 [B, 3, S, S] on `device`, int64 [B]) of `ds` in `sampler`'s order.
+
+    Training: `sampler` is the EpochSampler (`loader.sampler.set_epoch(epoch, start_image)`),
+    full batches. Evaluation: a list of indices, the last batch may be short."""
+
+    def __init__(
+        self,
+        cfg: DictConfig,
+        ds: ImageFiles,
+        sampler: Sampler | Sequence[int],
+        device: str,
+        *,
+        drop_last: bool = True,
+    ):
+        import_dali()
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"DALI runs on cpu or cuda, got {device!r}")
+        self.ds, self.sampler, self.device = ds, sampler, device
+        self.size = ds.transform.size if ds.train else ds.transform.crop
+        self.batch_size, self.num_threads = int(cfg.batch_size), max(1, int(cfg.num_workers))
+        self.files = DataLoader(
+            EncodedFiles(ds), batch_size=self.batch_size, sampler=sampler, drop_last=drop_last,
+            collate_fn=list, **loader_kwargs(cfg),
+        )  # fmt: skip
+        self.pipe = self._build()
+        self.copy_stream = None  # CUDA: made on first use
+
+    def _build(self):
+        device_id = torch.cuda.current_device() if self.device == "cuda" else None
+        return _pipeline(self.size, self.device, self.batch_size, self.num_threads, device_id)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for batch in self.files:
+            yield self._batch(batch)
+
+    def _batch(self, batch: list) -> tuple[torch.Tensor, torch.Tensor]:
+        ok = [i for i, b in enumerate(batch) if b[1] is not None]
+        images: list[torch.Tensor | None] = [None] * len(batch)
+        if ok:
+            try:
+                images_ok = self._run([batch[i] for i in ok])
+            except RuntimeError as err:  # a file DALI's decoder refuses: this batch on the CPU
+                warnings.warn(
+                    f"DALI failed on a batch, decoding it on the CPU: {err}", stacklevel=2
+                )
+                self.pipe = self._build()  # a failed pipeline is not reused
+            else:
+                for i, image in zip(ok, images_ok, strict=True):
+                    images[i] = image
+        color_ops, labels = [], []
+        for i, (key, _, params, label) in enumerate(batch):
+            if images[i] is None:  # unreadable or refused: the CPU path (colour included)
+                image, label = self.ds[key]
+                images[i] = image.to(self.device)
+                color_ops.append(())
+            else:
+                color_ops.append(params.color_ops)
+            labels.append(label)
+        out = torch.stack(images)
+        T.apply_color_batch(out, color_ops)  # TF-slim's colour ops, batched on the device
+        return out, torch.tensor(labels, dtype=torch.int64)
+
+    def _run(self, batch: list) -> torch.Tensor:
+        """DALI's crops of `batch` (samples with bytes and params): uint8 [n, 3, S, S]."""
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        boxes = [b[2].box for b in batch]
+        self.pipe.feed_input("jpegs", [b[1] for b in batch])
+        self.pipe.feed_input("anchor", [np.array(box[:2], np.float32) for box in boxes])
+        self.pipe.feed_input(
+            "shape", [np.array((x1 - x0, y1 - y0), np.float32) for x0, y0, x1, y1 in boxes]
+        )
+        self.pipe.feed_input("flip", [np.array(b[2].flip, np.int32) for b in batch])
+        (crops,) = self.pipe.run()  # returns once the batch is decoded
+        dense = crops.as_tensor()
+        out = torch.empty(dense.shape(), dtype=torch.uint8, device=self.device)
+        if self.device == "cpu":
+            feed_ndarray(dense, out)
+            return out
+        # DALI writes its next batch into the same buffer, on its own stream: copy on a side
+        # stream and wait for that copy only (the training kernels queued before keep running).
+        if self.copy_stream is None:
+            self.copy_stream = torch.cuda.Stream()
+        feed_ndarray(dense, out, cuda_stream=self.copy_stream)
+        self.copy_stream.synchronize()
+        return out
