@@ -72,6 +72,9 @@ def test_small_data_brings_its_scale_and_imagenet_none():
 
 def test_ensemble_config_has_runtime_and_data_but_no_training_keys():
     cfg = compose("ensemble", ["checkpoints=x.pt"])
-    runtime_keys = {*RUNTIME_KEYS, *(k.removeprefix("runtime.") for k in ADDED)}
+    runtime_keys = {
+        *RUNTIME_KEYS,
+        *(k.removeprefix("runtime.") for k in ADDED if k.startswith("runtime.")),
+    }
     assert set(cfg.runtime) == runtime_keys == set(compose("train").runtime)
     assert not {"model", "optim", "trainer"} & set(cfg)

@@ -129,8 +129,8 @@ class Member:
     in_chans: int | None
     images_seen: int | None
     config: dict  # the checkpoint's resolved training config ({} if it has none)
-    wandb_run_id: str | None = None  # the training run's: its checkpoints' artifact model-<id>
     normalization: tuple[list[float], list[float]] | None = None  # its inputs' mean, std
+    wandb_run_id: str | None = None  # the training run's: its checkpoints' artifact model-<id>
 
     @property
     def selected_on_val(self) -> bool:
