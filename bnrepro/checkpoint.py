@@ -44,6 +44,19 @@ class CheckpointError(UserError):
     """A checkpoint that cannot be used for this run; the message says why and what to do."""
 
 
+class NonFiniteError(RuntimeError):
+    """A model state holding NaN or infinity (a diverged run): never written, never evaluated."""
+
+
+def nonfinite_tensors(state: dict) -> list[str]:
+    """The names of a state dict's floating tensors that hold a NaN or an infinity."""
+    return [
+        name
+        for name, tensor in state.items()
+        if torch.is_floating_point(tensor) and not bool(tensor.isfinite().all())
+    ]
+
+
 @dataclass
 class Progress:
     """Where a run is; saved in every checkpoint."""
@@ -136,7 +149,15 @@ def set_rng_state(state: dict) -> None:
 
 
 def save(path: Path, ckpt: dict) -> None:
-    """Write atomically: a reader (or a preempted job) sees the old file or the new, never half."""
+    """Write atomically: a reader (or a preempted job) sees the old file or the new, never half.
+    Refuses (NonFiniteError) a model state with a NaN or an infinity: a diverged run leaves its
+    last finite checkpoint as the newest one."""
+    bad = nonfinite_tensors(ckpt.get("model") or {})
+    if bad:
+        raise NonFiniteError(
+            f"refusing to write {path}: non-finite model state in {', '.join(bad[:3])}"
+            + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:

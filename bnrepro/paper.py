@@ -16,6 +16,9 @@ FIGURE3 = {
     "bn_x5_sigmoid": (None, 0.698),
 }
 
+# docs/paper.md section 3 (section 4.2.2): the controls that diverged: Inception at BN-x5's LR.
+PAPER_DIVERGED = ("inception_x5",)
+
 # docs/paper.md section 4, Figure 4: (crops, models) -> (top-1 error, top-5 error).
 FIGURE4 = {
     (1, 1): (0.252, 0.0782),
