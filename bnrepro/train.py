@@ -261,20 +261,22 @@ def train_row(s: Session, stats: torch.Tensor, since: float) -> tuple[dict, floa
 
 
 def divergence(s: Session, stats: torch.Tensor) -> str | None:
-    """Why the run has diverged (a non-finite training loss since the last log, or a non-finite
-    weight or buffer), the same answer on every rank; None while everything is finite. One host
-    sync: call it where the loop syncs anyway."""
-    state = s.model.state_dict()
-    bad = [
-        name for name, v in state.items() if torch.is_floating_point(v) and not v.isfinite().all()
-    ]
-    probe = torch.tensor([0.0, float(len(bad))], device=stats.device)
-    probe[0] = stats[0]  # the loss summed since the last log: NaN or inf stays so
-    loss, bad_tensors = distributed.all_sum(probe, s.dist).tolist()
+    """Why the run has diverged, the same answer on every rank, or None: a non-finite training
+    loss since the last log, a non-finite weight or buffer, or a mean training loss above
+    trainer.diverge_loss_factor x ln(classes) (a bounded network, e.g. BN with sigmoid, can blow
+    up without overflowing). One host sync: call it where the loop syncs anyway."""
+    floats = {k: v for k, v in s.model.state_dict().items() if torch.is_floating_point(v)}
+    flags = torch.stack([v.isfinite().all() for v in floats.values()]).logical_not()
+    probe = torch.stack([stats[0], stats[2], flags.sum().to(stats.dtype)])  # NaN/inf stays so
+    loss, images, bad = distributed.all_sum(probe, s.dist).tolist()
+    factor = s.cfg.trainer.diverge_loss_factor
     if not math.isfinite(loss):
         return f"loss {loss}"
-    if bad_tensors:
-        return f"non-finite weights ({', '.join(bad[:3]) or 'on another rank'})"
+    if bad:
+        names = [k for k, flag in zip(floats, flags.tolist(), strict=True) if flag]
+        return f"non-finite weights ({', '.join(names[:3]) or 'on another rank'})"
+    if factor and images and loss / images > factor * math.log(len(s.data.classes)):
+        return f"loss {loss / images:.4g} > {factor:g} x ln({len(s.data.classes)} classes)"
     return None
 
 

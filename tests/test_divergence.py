@@ -14,7 +14,9 @@ from bnrepro import train as T
 from bnrepro.config import compose
 from bnrepro.errors import EXIT_DIVERGED
 
-BLOW_UP = "optim.lr=50"  # diverges within a step or two, on every variant, at the tiny scale
+# Diverges within a few steps on every variant at the tiny scale: a non-finite loss, weight or val
+# loss, or (BN-x5-Sigmoid: BN and sigmoid keep it finite) a loss above 10 x ln(classes).
+BLOW_UP = "optim.lr=50"
 VARIANTS = ["inception", "bn_baseline", "bn_x5", "bn_x30", "bn_x5_sigmoid", "inception_sigmoid",
             "inception_x5", "bn_x30_ensemble"]  # fmt: skip
 
@@ -95,6 +97,17 @@ def test_non_finite_weights_alone_are_caught(tiny_overrides, tmp_path):
     assert T.divergence(s, stats) == f"non-finite weights ({name})"
     stats[0] = math.inf
     assert T.divergence(s, stats) == "loss inf"
+    s.tracker.close()
+
+
+def test_a_loss_far_above_a_uniform_guess_is_divergence(tiny_overrides, tmp_path):
+    """trainer.diverge_loss_factor: 10 x ln(10 classes) = 23.0 nats, the mean since the last log."""
+    s = T.start(compose("train", tiny_overrides), tmp_path / "run")
+    assert T.divergence(s, torch.tensor([16 * 23.0, 0.0, 16.0])) is None
+    reason = T.divergence(s, torch.tensor([16 * 23.1, 0.0, 16.0]))
+    assert reason == "loss 23.1 > 10 x ln(10 classes)"
+    s.cfg.trainer.diverge_loss_factor = None
+    assert T.divergence(s, torch.tensor([16 * 1e6, 0.0, 16.0])) is None
     s.tracker.close()
 
 
