@@ -17,6 +17,16 @@ BEFORE = json.loads(
 RUNTIME_KEYS = ("device", "amp", "channels_last", "compile", "tf32", "progress")
 MOVED = {f"trainer.{k}": f"runtime.{k}" for k in RUNTIME_KEYS}  # old key -> new key
 REPLACED = {"optim.reference_batch": PAPER_BATCH}  # old key -> the constant that replaces it
+# Changed on purpose since that reference (issue 11): keys added everywhere, with their value
+# in the default composition and, per data, the data-set sizes bnrepro-plan counts in ...
+ADDED = {"trainer.expect_divergence": False, "trainer.diverge_loss_factor": 10,
+         "data.train_size": None, "data.val_size": None}  # fmt: skip
+ADDED_BY_DATA = {"imagenet": {"data.train_size": 1_281_167, "data.val_size": 50_000},
+                 "mnist": {"data.train_size": 4_000, "data.val_size": 1_000}}  # fmt: skip
+# ... and each experiment's own ImageNet budget (the CPU scales keep theirs), in images.
+BUDGETS = {"inception": 1_120_000_000, "bn_baseline": 512_000_000, "bn_x5": 320_000_000,
+           "bn_x30": 320_000_000, "bn_x5_sigmoid": 320_000_000,
+           "bn_x30_ensemble": 256_000_000, "inception_sigmoid": 64_000_000}  # fmt: skip
 
 
 def flat(cfg, prefix: str = "") -> dict:
@@ -37,6 +47,11 @@ def expected(case: str) -> dict:
             del values[key]
     for old, constant in REPLACED.items():
         assert values.pop(old) == constant
+    values.update(ADDED)
+    experiment, _, data = case.partition("/")
+    values.update(ADDED_BY_DATA.get(data, {}))
+    if data == "imagenet":
+        values["trainer.max_images"] = BUDGETS[experiment]
     return {MOVED.get(k, k): v for k, v in values.items()}
 
 

@@ -167,3 +167,10 @@ def test_results_readme_budgets_are_the_configs():
             seen.add(cells[0])
     assert seen == set(README_NAMES)
     assert not re.search(r"trainer\.max_images=", text)
+
+
+def test_submission_paths_use_the_experiments_budgets():
+    """scripts/submit_paper.sh and slurm/*.sbatch pass no budget: each job runs its config's."""
+    for path in [REPO / "scripts" / "submit_paper.sh", *sorted((REPO / "slurm").glob("*.sbatch"))]:
+        commands = [line for line in path.read_text().splitlines() if not line.startswith("#")]
+        assert not any("max_images" in line for line in commands), path
