@@ -113,7 +113,7 @@ def test_one_table_for_the_paper(capsys):
     rows = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line]
     assert [r.split("|")[1].strip() for r in rows] == ["experiment", *FIVE]
     inception = rows[1].split("|")
-    assert "31.0e6" in inception and " yes " in inception and " 35.0e6 " in inception
+    assert [" 31.0e6 ", " yes ", " 35.0e6 "] == [inception[8], inception[9], inception[6]]
 
 
 def test_single_plan_prints_everything(capsys):

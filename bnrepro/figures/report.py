@@ -212,7 +212,9 @@ def figure3_markdown(table: dict) -> str:
 
 
 def _mean_sd(row: dict, key: str) -> str:
-    if f"{key}_mean" not in row:  # every seed diverged, or a table from before seeds were summarised
+    if (
+        f"{key}_mean" not in row
+    ):  # every seed diverged, or a table from before seeds were summarised
         return "-"
     return f"{percent(row[f'{key}_mean'])} +- {100 * row[f'{key}_sd']:.1f}"
 
@@ -236,7 +238,8 @@ def plot_figure2(curves: pd.DataFrame, out: Path, title: str = "") -> None:
     ax.set_ylabel("validation accuracy (top-1, single crop)")
     ax.set_title(title or "Ours: validation accuracy vs training steps (Figure 2)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if names:  # none when every run diverged
+        ax.legend(fontsize=8)
 
     for name, (steps, top1) in FIGURE3.items():
         x = steps if steps is not None else 31e6
