@@ -45,7 +45,7 @@ class Plan:
     global_batch: int
     effective_lr: float  # optim.lr x global batch / 32
     curve: list[tuple[int, float]]  # (images seen, LR of the step that starts there)
-    warmup_images: int
+    warmup_images: int  # where the LR stops rising, to the curve's sampling
     max_images: int
     train_size: int
     paper_target: float | None  # Figure 3's paper steps to 72.2%; None: never or no entry
@@ -118,6 +118,15 @@ def lr_curve(cfg: DictConfig, global_batch: int, train_size: int) -> list[tuple[
     return curve
 
 
+def warmup_end(curve: list[tuple[int, float]]) -> int:
+    """Images seen where the LR stops rising (0: no warmup), read off the scheduler's own curve
+    so that any warmup rule of schedule.py shows as it is."""
+    for (images, lr), (_, next_lr) in itertools.pairwise(curve):
+        if next_lr <= lr:
+            return images
+    return curve[-1][0]
+
+
 def periodic_count(interval: int, global_batch: int, max_images: int) -> int:
     """How often an every-`interval`-images event fires (schedule.Every), plus the final one
     made at the end when the last periodic one was not made there."""
@@ -159,11 +168,12 @@ def make_plan(cfg: DictConfig, settings: DictConfig) -> Plan:
     imagenet = cfg.data.name == "imagenet"
     note += "" if imagenet or note == "-" else " on ImageNet: not comparable"
     target = paper if imagenet else None  # Figure 3's steps are ImageNet's
+    curve = lr_curve(cfg, global_batch, train_size)
     return Plan(
         experiment=name, data=cfg.data.name, processes=processes, global_batch=global_batch,
         effective_lr=effective_lr(cfg.optim.lr, global_batch),
-        curve=lr_curve(cfg, global_batch, train_size),
-        warmup_images=schedule.warmup_images(cfg.optim, global_batch, train_size),
+        curve=curve,
+        warmup_images=warmup_end(curve),
         max_images=int(t.max_images), train_size=train_size, paper_target=target, paper_note=note,
         evals=evals, checkpoints=periodic_count(t.ckpt_every_images, global_batch, t.max_images),
         keep_last=t.keep_last, gflops_per_image=gflops, gpu_hours=gpu_seconds / 3600,
@@ -198,10 +208,11 @@ def ascii_plot(curve: list[tuple[int, float]], width: int, height: int) -> str:
 def describe(plan: Plan, settings: DictConfig) -> str:
     """The plan of one run, for a person about to submit it."""
     decays = plan.decays()
-    first_decays = ", ".join(f"{lr:.4g} at {paper_steps_text(images / PAPER_BATCH)}"
+    first_decays = ", ".join(f"{lr:.4g} at {images / PAPER_BATCH:,.0f}"
                              for images, lr in decays[:3])  # fmt: skip
-    warmup = (f"linear over {plan.warmup_images:,} images ({paper_steps_text(plan.warmup_images / PAPER_BATCH)} "
-              f"paper steps) from {plan.curve[0][1]:.4g}" if plan.warmup_images else "none")  # fmt: skip
+    warmup = (f"rises over {plan.warmup_images:,} images "
+              f"({paper_steps_text(plan.warmup_images / PAPER_BATCH)} paper steps) from "
+              f"{plan.curve[0][1]:.4g}" if plan.warmup_images else "none")  # fmt: skip
     covered = {None: "", True: " -> the budget covers it", False: " -> NOT covered by the budget"}
     wall = plan.gpu_hours / plan.processes
     lines = [

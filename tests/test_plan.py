@@ -71,7 +71,7 @@ def test_lr_after_warmup_is_the_papers_lr_times_global_over_32(gpus):
     settings = plan.load_settings([f"gpus={gpus}"])
     p = make("bn_x30", *IMAGENET, settings=settings)
     assert p.global_batch == 32 * gpus and p.effective_lr == pytest.approx(0.045 * gpus)
-    images, lr = next((i, lr) for i, lr in p.curve if i >= p.warmup_images)
+    images, lr = next((i, lr) for i, lr in p.curve if i > p.warmup_images)
     decays = images // (2 * 1_281_167)
     assert lr == pytest.approx(0.045 * p.global_batch / 32 * 0.94**decays)
     assert p.peak_lr <= p.effective_lr * (1 + 1e-9)
@@ -119,7 +119,7 @@ def test_one_table_for_the_paper(capsys):
 def test_single_plan_prints_everything(capsys):
     plan.main(["experiment=inception", *IMAGENET, "plan.gpus=16"])
     out = capsys.readouterr().out
-    for words in ("global batch     512", "effective LR     0.024", "warmup           linear",
+    for words in ("global batch     512", "effective LR     0.024", "warmup           rises over",
                   "decays           109", "1,120,000,000 images = 35.0e6 paper steps",
                   "steps to 72.2%: 31.0e6 -> the budget covers it", "evaluations      875",
                   "GPU-hours", "LR against paper steps"):  # fmt: skip
