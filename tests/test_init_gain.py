@@ -62,7 +62,7 @@ def test_what_differs_at_the_default_bn_epsilon_is_epsilons_share_only():
 def test_sgd_on_gain_scaled_weights_is_sgd_on_the_unscaled_ones_at_lr_over_gain_squared():
     """Momentum SGD with L2 (the trainer's own optimizer) on w_g = g x w equals, for w, momentum
     SGD at lr / g^2 with L2 g^2 x wd: the larger weights take smaller effective steps."""
-    base, scaled = pair(**TIGHT)
+    base, scaled = (model.double() for model in pair(**TIGHT))  # float64: no float error to grow
     optim_cfg = OmegaConf.create(
         {"momentum": 0.9, "nesterov": False, "weight_decay": 4e-5, "decay_bn_and_bias": False}
     )
@@ -76,7 +76,7 @@ def test_sgd_on_gain_scaled_weights_is_sgd_on_the_unscaled_ones_at_lr_over_gain_
         {"params": [p for p in base.parameters() if p.ndim <= 1], "weight_decay": 0.0},
     ]  # fmt: skip
     opt_base = torch.optim.SGD(groups, lr=lr, momentum=0.9)
-    for x in batches(4):
+    for x in (x.double() for x in batches(4)):
         for model, opt in ((base, opt_base), (scaled, opt_scaled)):
             step(model, opt, x)
     for w, v in zip(conv_weights(base), conv_weights(scaled), strict=True):
