@@ -56,6 +56,19 @@ class CheckpointWriteError(CheckpointError):
         )
 
 
+class NonFiniteError(RuntimeError):
+    """A model state holding NaN or infinity (a diverged run): never written, never evaluated."""
+
+
+def nonfinite_tensors(state: dict) -> list[str]:
+    """The names of a state dict's floating tensors that hold a NaN or an infinity."""
+    return [
+        name
+        for name, tensor in state.items()
+        if torch.is_floating_point(tensor) and not bool(tensor.isfinite().all())
+    ]
+
+
 @dataclass
 class Progress:
     """Where a run is; saved in every checkpoint."""
@@ -174,7 +187,14 @@ def set_rng_state(state: dict) -> None:
 def save(path: Path, ckpt: dict) -> None:
     """Write atomically: a reader (or a preempted job) sees the old file or the new, never half.
     A failed write (full disk, I/O error) removes its temp file, leaves every earlier checkpoint
-    as it was and raises CheckpointWriteError."""
+    as it was and raises CheckpointWriteError. Refuses (NonFiniteError) a model state with a NaN or an infinity: a diverged run leaves its
+    last finite checkpoint as the newest one."""
+    bad = nonfinite_tensors(ckpt.get("model") or {})
+    if bad:
+        raise NonFiniteError(
+            f"refusing to write {path}: non-finite model state in {', '.join(bad[:3])}"
+            + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        )
     tmp = path.with_name(path.name + ".tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

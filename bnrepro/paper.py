@@ -16,6 +16,13 @@ FIGURE3 = {
     "bn_x5_sigmoid": (None, 0.698),
 }
 
+# docs/paper.md section 4 (section 4.2.3): BN-x30 and the ensemble members peak "after about 6e6
+# steps": the shortest budget that shows the accelerated BN networks' whole curve.
+BN_X30_PEAK_STEPS = 6.0e6
+
+# docs/paper.md section 3 (section 4.2.2): the controls that diverged: Inception at BN-x5's LR.
+PAPER_DIVERGED = ("inception_x5",)
+
 # docs/paper.md section 4, Figure 4: (crops, models) -> (top-1 error, top-5 error).
 FIGURE4 = {
     (1, 1): (0.252, 0.0782),

@@ -72,6 +72,8 @@ class TrainerSchema:
     pop_stats_batches: int
     monitor: MonitorSchema
     preempt_signal: str
+    expect_divergence: bool
+    diverge_loss_factor: float
 
 
 @dataclasses.dataclass
@@ -121,6 +123,8 @@ class DataSchema:
     shuffle: str
     shard_size: int
     decode: str
+    train_size: int | None  # bnrepro-plan's counts
+    val_size: int | None
     augment: AugmentSchema
     synthetic: SyntheticSchema  # data=synthetic only
 

@@ -11,6 +11,9 @@ Everything is counted in images (paper steps = images / 32). Running the same co
 same run folder resumes from its newest valid checkpoint; trainer.resume=PATH resumes from a file.
 On trainer.preempt_signal (SLURM's warning, USR2) the run checkpoints, requeues itself under SLURM
 and exits 0; on SIGTERM (scancel, a time-limit kill) it checkpoints and exits 0 without requeueing.
+A run whose loss or weights become non-finite stops (`diverged at paper step N: ...`), writes no
+checkpoint past its last finite one, records `diverged` in summary.json and metrics.jsonl, and exits
+with bnrepro.errors.EXIT_DIVERGED (0 under trainer.expect_divergence); a -m sweep goes on first.
 
 `start` builds a Session (everything the run holds), `train` is the loop, `evaluate_and_save` the
 one place that evaluates and checkpoints, `finish` writes the summary.
@@ -19,7 +22,9 @@ one place that evaluates and checkpoints, `finish` writes the summary.
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,8 +42,9 @@ from bnrepro.checkpoint import Checkpointer, Progress
 from bnrepro.config import CONFIG_DIR, effective_lr, hydra_job, run_hydra_app
 from bnrepro.console import Console, Pace, bars_enabled, eval_line
 from bnrepro.data import skipped_files
-from bnrepro.errors import ConfigError
+from bnrepro.errors import EXIT_DIVERGED, ConfigError
 from bnrepro.evaluation import bn_stats
+from bnrepro.metrics import topk_correct
 from bnrepro.monitor import Monitor, build_monitor
 from bnrepro.paper import PAPER_BATCH
 from bnrepro.tracking import Tracker
@@ -185,7 +191,7 @@ def train(
         bar = tqdm(total=t.max_images, initial=p.images_seen, unit="img", unit_scale=True,
                    disable=not bars_enabled(s.cfg.runtime.progress, s.dist.is_main),
                    dynamic_ncols=True)  # fmt: skip
-        clock, preempted = time.perf_counter(), False
+        clock, preempted, diverged = time.perf_counter(), False, None
         while p.images_seen < t.max_images and not preempted:
             s.scheduler.step_update(p.images_seen)  # the LR for this step
             armed = s.monitor is not None and s.monitor.arm(p.images_seen)
@@ -196,19 +202,27 @@ def train(
             p.images_seen += s.global_batch
             p.step += 1
             bar.update(s.global_batch)
-            if logging.due(p.images_seen):
+            preempted = distributed.any_rank(preemption.requested, s.dist)  # all ranks agree
+            log, evaluate = logging.due(p.images_seen), evaluating.due(p.images_seen)
+            save = saving.due(p.images_seen) or preempted
+            # Checked where the host syncs anyway (log, eval, checkpoint), never per step: a
+            # non-finite loss since the last log or non-finite weights never reach either.
+            if (log or evaluate or save) and (diverged := divergence(s, stats)):
+                break
+            if log:
                 row, clock = train_row(s, stats, clock)
                 bar.set_postfix(loss=f"{row['train/loss']:.3f}", refresh=False)
                 s.tracker.log(row, step=p.step, images_seen=p.images_seen)
             if armed:
                 s.tracker.log(s.monitor.collect(), step=p.step, images_seen=p.images_seen)
-            preempted = distributed.any_rank(preemption.requested, s.dist)  # all ranks agree
-            save = saving.due(p.images_seen) or preempted
-            evaluate_and_save(s, evaluate=evaluating.due(p.images_seen), save=save)
+            if diverged := evaluate_and_save(s, evaluate=evaluate, save=save):
+                break
         bar.close()
-        if not preempted:  # the final evaluation and checkpoint, unless made at this point
-            evaluate_and_save(s, evaluate=True, save=True, final=True)
-        return finish(s, preempted=preempted, requeue=preemption.requeue)
+        if not (preempted or diverged):  # the final evaluation and checkpoint, unless made here
+            diverged = divergence(s, stats) or evaluate_and_save(
+                s, evaluate=True, save=True, final=True
+            )
+        return finish(s, preempted=preempted, requeue=preemption.requeue, diverged=diverged)
 
 
 def train_step(
@@ -236,7 +250,7 @@ def train_step(
         scaler.scale(loss / grad_accum).backward()
         with torch.no_grad():
             stats[0] += loss.detach() * len(labels)
-            stats[1] += (logits.argmax(1) == labels).sum()
+            stats[1] += topk_correct(logits.detach().float(), labels, ks=(1,))[1].sum()
             stats[2] += len(labels)
     scaler.step(optimizer)
     scaler.update()
@@ -258,18 +272,43 @@ def train_row(s: Session, stats: torch.Tensor, since: float) -> tuple[dict, floa
     return row, now
 
 
-def evaluate_and_save(s: Session, *, evaluate: bool, save: bool, final: bool = False) -> None:
+def divergence(s: Session, stats: torch.Tensor) -> str | None:
+    """Why the run has diverged, the same answer on every rank, or None: a non-finite training
+    loss since the last log, a non-finite weight or buffer, or a mean training loss above
+    trainer.diverge_loss_factor x ln(classes) (a bounded network, e.g. BN with sigmoid, can blow
+    up without overflowing). One host sync: call it where the loop syncs anyway."""
+    floats = {k: v for k, v in s.model.state_dict().items() if torch.is_floating_point(v)}
+    flags = torch.stack([v.isfinite().all() for v in floats.values()]).logical_not()
+    probe = torch.stack([stats[0], stats[2], flags.sum().to(stats.dtype)])  # NaN/inf stays so
+    loss, images, bad = distributed.all_sum(probe, s.dist).tolist()
+    factor = s.cfg.trainer.diverge_loss_factor
+    if not math.isfinite(loss):
+        return f"loss {loss}"
+    if bad:
+        names = [k for k, flag in zip(floats, flags.tolist(), strict=True) if flag]
+        return f"non-finite weights ({', '.join(names[:3]) or 'on another rank'})"
+    if factor and images and loss / images > factor * math.log(len(s.data.classes)):
+        return f"loss {loss / images:.4g} > {factor:g} x ln({len(s.data.classes)} classes)"
+    return None
+
+
+def evaluate_and_save(s: Session, *, evaluate: bool, save: bool, final: bool = False) -> str | None:
     """Evaluate if asked (once per point), then checkpoint: ckpt_<images>.pt if `save` (once per
     point), best.pt on a new best val top-1. `final` adds Algorithm 2's population statistics
-    (trainer.pop_stats_batches) to the last evaluation."""
+    (trainer.pop_stats_batches) to the last evaluation. Returns why the run diverged if an
+    evaluation's loss is non-finite (finite weights can still overflow): then nothing is logged
+    or saved."""
     p, t = s.progress, s.cfg.trainer
     best = evaluated = False
     if evaluate and s.last_eval != p.images_seen:
         evaluated = True
-        s.metrics = engine.evaluate(
+        metrics = engine.evaluate(
             s.model, s.data.val_loader, s.runtime, max_images=t.eval_max_images, dist=s.dist,
             progress=bars_enabled(s.cfg.runtime.progress, s.dist.is_main),
         )  # fmt: skip
+        if not math.isfinite(metrics["val/loss"]):
+            return f"val loss {metrics['val/loss']}"
+        s.metrics = metrics
         s.last_eval = p.images_seen
         s.tracker.log(s.metrics, step=p.step, images_seen=p.images_seen)
         if p.steps_to_target is None and s.metrics["val/top1"] >= t.target_top1:
@@ -283,6 +322,8 @@ def evaluate_and_save(s: Session, *, evaluate: bool, save: bool, final: bool = F
             s.model, s.data, s.runtime, t.pop_stats_batches,
             max_images=t.eval_max_images, dist=s.dist,
         )  # fmt: skip
+        if not math.isfinite(popstats["val_popstats/loss"]):
+            return f"val loss {popstats['val_popstats/loss']} (population statistics)"
         s.tracker.log(popstats, step=p.step, images_seen=p.images_seen)
         s.metrics = s.metrics | popstats
     if evaluated:
@@ -303,12 +344,24 @@ def evaluate_and_save(s: Session, *, evaluate: bool, save: bool, final: bool = F
                                  best=best)  # fmt: skip
     if periodic:
         s.last_save = p.images_seen
+    return None
 
 
-def finish(s: Session, *, preempted: bool, requeue: bool) -> dict:
-    """Requeue under SLURM if asked, write summary.json, close, and say where everything is."""
+def finish(s: Session, *, preempted: bool, requeue: bool, diverged: str | None = None) -> dict:
+    """Requeue under SLURM if asked, write summary.json, close, and say where everything is.
+    `diverged`: why the run stopped as diverged (recorded in metrics.jsonl, summary.json, W&B)."""
     p = s.progress
-    requeued = preempted and requeue and s.dist.is_main and distributed.requeue_slurm_job()
+    requeued = (
+        preempted
+        and not diverged
+        and requeue
+        and s.dist.is_main
+        and distributed.requeue_slurm_job()
+    )
+    diverged_at = p.images_seen / PAPER_BATCH if diverged else None
+    if diverged:
+        row = {"diverged": True, "diverged_at_paper_step": diverged_at, "diverged_reason": diverged}
+        s.tracker.log(row, step=p.step, images_seen=p.images_seen)
     summary = {
         "best/val/top1": p.best["val/top1"],
         "best/val/top5": p.best["val/top5"],
@@ -321,17 +374,34 @@ def finish(s: Session, *, preempted: bool, requeue: bool) -> dict:
         **s.metrics,
         "preempted": preempted,
         "requeued": requeued,
+        "diverged": bool(diverged),
+        "diverged_at_paper_step": diverged_at,
+        "diverged_reason": diverged,
+        "expect_divergence": s.cfg.trainer.expect_divergence,
     }
     summary_path = s.tracker.summary(summary, s.run_dir)
     s.tracker.close()
     distributed.barrier(s.dist)  # every rank leaves together, after rank 0's files are written
     distributed.teardown()
-    outcome = "done" if not preempted else "preempted: checkpointed" + ", requeued" * requeued
-    s.console.print(f"{outcome} at {p.images_seen} images ({p.images_seen / PAPER_BATCH:g} paper "
-                    f"steps). Run folder {s.run_dir}: metrics {s.tracker.path}, checkpoints "
-                    f"{s.checkpointer.dir}, summary {summary_path}, log {s.console.path}")  # fmt: skip
+    if diverged:
+        last = (s.checkpointer.existing() or ["none (no checkpoint was written)"])[-1]
+        s.console.print(f"diverged at paper step {diverged_at:g}: {diverged}; the last finite "
+                        f"checkpoint is {last}")  # fmt: skip
+    else:
+        outcome = "done" if not preempted else "preempted: checkpointed" + ", requeued" * requeued
+        if s.cfg.trainer.expect_divergence and not preempted:
+            outcome += " without diverging (trainer.expect_divergence: it was expected to)"
+        s.console.print(f"{outcome} at {p.images_seen} images ({p.images_seen / PAPER_BATCH:g} "
+                        f"paper steps). Run folder {s.run_dir}: metrics {s.tracker.path}, "
+                        f"checkpoints {s.checkpointer.dir}, summary {summary_path}, "
+                        f"log {s.console.path}")  # fmt: skip
     s.console.close()
     return summary
+
+
+# Run folders of this process's jobs that diverged without trainer.expect_divergence: the command
+# exits EXIT_DIVERGED once every job has run (a job itself returns, so a -m sweep goes on).
+UNEXPECTED_DIVERGENCE: list[str] = []
 
 
 def train_job(cfg: DictConfig) -> None:
@@ -339,12 +409,14 @@ def train_job(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     hydra_cfg = HydraConfig.get()
-    overrides = list(hydra_cfg.overrides.task)
-    summary = train(cfg, run_dir=hydra_cfg.runtime.output_dir, overrides=overrides)
+    run_dir = hydra_cfg.runtime.output_dir
+    summary = train(cfg, run_dir=run_dir, overrides=list(hydra_cfg.overrides.task))
     if summary["requeued"]:
         # Leave without returning a result: under hydra-submitit-launcher a returned result would
         # mark the job done, and the launcher would stop waiting for its requeued continuation.
         raise SystemExit(0)
+    if summary["diverged"] and not cfg.trainer.expect_divergence:
+        UNEXPECTED_DIVERGENCE.append(run_dir)
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
@@ -356,8 +428,12 @@ def _hydra_main(cfg: DictConfig) -> None:
 def main(argv: list[str] | None = None) -> None:
     """python -m bnrepro.train [overrides] (torchrun): bnrepro-train (bnrepro/cli.py) without
     its fast start. A preempted run exits 0 too: it has checkpointed and, under SLURM,
-    requeued; exit statuses: bnrepro/errors.py."""
+    requeued; a diverged one exits EXIT_DIVERGED unless trainer.expect_divergence; exit
+    statuses: bnrepro/errors.py."""
+    UNEXPECTED_DIVERGENCE.clear()
     run_hydra_app(_hydra_main, argv, "bnrepro-train")
+    if UNEXPECTED_DIVERGENCE:
+        sys.exit(EXIT_DIVERGED)
 
 
 if __name__ == "__main__":

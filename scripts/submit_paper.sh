@@ -7,6 +7,10 @@
 #   scripts/submit_paper.sh data=imagenet data.root=/datasets/imagenet
 #   PARTITION=gpu GPUS=8 NODES=2 scripts/submit_paper.sh data=imagenet data.root=/datasets/imagenet
 #
+# Each training job runs its experiment's own budget (trainer.max_images in configs/experiment/*.yaml,
+# covering its curve in Figure 2; results/README.md). See what each will do and cost first:
+#   bnrepro-plan -m experiment=inception,bn_baseline,bn_x5,bn_x30,bn_x5_sigmoid data=imagenet plan.gpus=8
+#
 # Arguments: Hydra overrides for every job (training and ensemble): the data, typically.
 # Env (defaults in brackets):
 #   OUT_DIR [outputs]     run folders <OUT_DIR>/<experiment>_seed<seed>, the ensemble's results in
@@ -19,7 +23,7 @@
 #   TIME [3-00:00:00]     time limit per training job; longer runs requeue themselves on USR2
 #   SIGNAL_S [120]        USR2 this many seconds before the time limit
 #   SBATCH_ARGS []        more sbatch options for every job, e.g. "--account=me --qos=high"
-#   TRAIN_ARGS []         overrides for the training jobs only, e.g. "trainer.max_images=1000"
+#   TRAIN_ARGS []         overrides for the training jobs only, e.g. "logger=wandb"
 #   ENSEMBLE_ARGS []      overrides for the ensemble job only
 # Prints one line per job: <what> <job id>.
 set -euo pipefail

@@ -15,7 +15,7 @@ MODULES = sorted(
     ".".join(("bnrepro", *p.relative_to(PACKAGE).with_suffix("").parts)).removesuffix(".__init__")
     for p in PACKAGE.rglob("*.py")
 )
-ENTRY_POINTS = {"bnrepro.train"}  # the loop: nothing imports it (but the commands)
+ENTRY_POINTS = {"bnrepro.train", "bnrepro.plan"}  # the loop and its planner: nothing imports them
 COMMANDS = "bnrepro.cli"  # the console scripts: import what each command runs, nothing imports it
 UPPER = ("bnrepro.evaluation", "bnrepro.figures")  # above the engine
 

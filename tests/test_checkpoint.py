@@ -186,3 +186,18 @@ def test_data_position_is_kept_in_global_images_and_older_checkpoints_convert() 
     assert restored_progress({"epoch": 3, "batch_in_epoch": 0}, "shards").images_in_epoch == 0
     with pytest.raises(CheckpointError, match="inside epoch 3 under data.shuffle=shards"):
         restored_progress({"epoch": 3, "batch_in_epoch": 4}, "shards")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_model_state_is_never_written(tmp_path, bad) -> None:
+    """A diverged run must not leave a NaN checkpoint or best.pt (issue 11)."""
+    ckpts = Checkpointer(tmp_path, keep_last=2)
+    ckpts.save(fake_ckpt(64), periodic=True, best=True)
+    diverged = fake_ckpt(128, model={"w": torch.tensor([1.0, bad]), "steps": torch.tensor([3])})
+    with pytest.raises(checkpoint.NonFiniteError, match="non-finite model state in w"):
+        ckpts.save(diverged, periodic=True, best=True)
+    with pytest.raises(checkpoint.NonFiniteError):
+        ckpts.save(diverged, periodic=False, best=True)
+    assert [p.name for p in ckpts.existing()] == ["ckpt_000000000064.pt"]
+    assert checkpoint.load(ckpts.dir / "best.pt")["images_seen"] == 64
+    assert not list(ckpts.dir.glob("*.tmp"))

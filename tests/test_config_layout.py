@@ -18,10 +18,18 @@ RUNTIME_KEYS = ("device", "amp", "channels_last", "compile", "tf32", "progress")
 MOVED = {f"trainer.{k}": f"runtime.{k}" for k in RUNTIME_KEYS}  # old key -> new key
 REPLACED = {"optim.reference_batch": PAPER_BATCH}  # old key -> the constant that replaces it
 REMOVED = ("optim.warmup_lr_scale",)  # issue 11: the warmup starts at optim.lr, the paper's own LR
-ADDED = {  # keys new since then, each with the value that keeps a run what it was
-    "runtime.dist_timeout_s": 600,  # issue 15: DDP hang timeout
-    "logger.wandb.log_checkpoints": False,  # issue 12: checkpoints as W&B artifacts
-}
+# Changed on purpose since that reference (issues 11, 15): keys added everywhere, with their value
+# in the default composition and, per data, the data-set sizes bnrepro-plan counts in ...
+ADDED = {"runtime.dist_timeout_s": 600,  # issue 15: DDP hang timeout
+         "logger.wandb.log_checkpoints": False,  # issue 12: checkpoints as W&B artifacts
+         "trainer.expect_divergence": False, "trainer.diverge_loss_factor": 10,
+         "data.train_size": None, "data.val_size": None}  # fmt: skip
+ADDED_BY_DATA = {"imagenet": {"data.train_size": 1_281_167, "data.val_size": 50_000},
+                 "mnist": {"data.train_size": 4_000, "data.val_size": 1_000}}  # fmt: skip
+# ... and each experiment's own ImageNet budget (the CPU scales keep theirs), in images.
+BUDGETS = {"inception": 1_120_000_000, "bn_baseline": 512_000_000, "bn_x5": 320_000_000,
+           "bn_x30": 320_000_000, "bn_x5_sigmoid": 320_000_000,
+           "bn_x30_ensemble": 256_000_000, "inception_sigmoid": 64_000_000}  # fmt: skip
 
 
 def flat(cfg, prefix: str = "") -> dict:
@@ -44,7 +52,12 @@ def expected(case: str) -> dict:
         assert values.pop(old) == constant
     for old in REMOVED:
         values.pop(old)
-    return {MOVED.get(k, k): v for k, v in values.items()} | ADDED
+    values.update(ADDED)
+    experiment, _, data = case.partition("/")
+    values.update(ADDED_BY_DATA.get(data, {}))
+    if data == "imagenet":
+        values["trainer.max_images"] = BUDGETS[experiment]
+    return {MOVED.get(k, k): v for k, v in values.items()}
 
 
 @pytest.mark.parametrize("case", ["default", *BEFORE["cases"]])
@@ -72,9 +85,6 @@ def test_small_data_brings_its_scale_and_imagenet_none():
 
 def test_ensemble_config_has_runtime_and_data_but_no_training_keys():
     cfg = compose("ensemble", ["checkpoints=x.pt"])
-    runtime_keys = {
-        *RUNTIME_KEYS,
-        *(k.removeprefix("runtime.") for k in ADDED if k.startswith("runtime.")),
-    }
+    runtime_keys = {*RUNTIME_KEYS, *(k.removeprefix("runtime.") for k in ADDED if "runtime." in k)}
     assert set(cfg.runtime) == runtime_keys == set(compose("train").runtime)
     assert not {"model", "optim", "trainer"} & set(cfg)

@@ -17,11 +17,17 @@ PAPER_LR = {  # section 4.2 / 4.2.2
     "bn_x30": 0.045,
     "bn_x5_sigmoid": 0.0075,
     "bn_x30_ensemble": 0.045,
+    "inception_x5": 0.0075,  # section 4.2.2: Inception at BN-x5's LR, "diverged"
 }
-INCEPTION_LIKE = {"inception", "inception_sigmoid", "bn_baseline"}  # no section 4.2.1 change
+INCEPTION_LIKE = {
+    "inception",
+    "inception_sigmoid",
+    "bn_baseline",
+    "inception_x5",
+}  # no 4.2.1 change
 
 
-def test_the_seven_experiments_exist():
+def test_the_eight_experiments_exist():
     assert set(EXPERIMENTS) == set(PAPER_LR)
 
 
@@ -31,7 +37,8 @@ def test_experiment_values_match_the_paper(name):
     assert cfg.experiment_name == name
     assert cfg.optim.lr == PAPER_LR[name]
     assert cfg.optim.momentum == 0.9
-    assert cfg.model.batch_norm == (name not in {"inception", "inception_sigmoid"})
+    assert cfg.model.batch_norm == (name not in {"inception", "inception_sigmoid", "inception_x5"})
+    assert cfg.trainer.expect_divergence == (name == "inception_x5")
     assert cfg.model.activation == ("sigmoid" if "sigmoid" in name else "relu")
     if name in INCEPTION_LIKE:  # section 4.2.2: BN-Baseline is Inception plus BN, nothing else
         assert cfg.model.lrn is True and cfg.model.dropout == 0.4

@@ -225,3 +225,23 @@ def test_resume_on_other_world_sizes_continues_images_lr_and_epoch(tiny_override
     for n, lr in lrs:
         g = 16 if n <= 64 else 24 if n <= 208 else 8
         assert lr == pytest.approx(0.045 * g / 32 * 0.94 ** ((n - g) // 80), rel=1e-9), n
+
+
+@pytest.mark.slow
+def test_two_cpu_ranks_stop_together_when_diverged(tiny_overrides, tmp_path):
+    """Every rank reaches the same verdict at the same step (else one would wait forever in a
+    collective): rank 0 says it once, both exit EXIT_DIVERGED, nothing non-finite is written."""
+    from bnrepro import checkpoint
+    from bnrepro.errors import EXIT_DIVERGED
+
+    overrides = [*tiny_overrides, "experiment=inception", "optim.lr=50", "runtime.device=cpu"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "bnrepro.train", *overrides]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled")
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and f"exitcode  : {EXIT_DIVERGED}" in out.stderr, out.stderr[-3000:]
+    assert out.stdout.count("diverged at paper step") == 1, out.stdout[-3000:]
+    run_dir = tmp_path / "inception_seed0"
+    assert json.loads((run_dir / "summary.json").read_text())["diverged"] is True
+    for path in (run_dir / "checkpoints").glob("*.pt"):
+        assert not checkpoint.nonfinite_tensors(checkpoint.load(path)["model"])

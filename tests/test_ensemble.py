@@ -177,6 +177,20 @@ def test_weights_of_another_shape_are_refused(tiny_data_root, classes, tmp_path,
         ensemble.evaluate_ensemble(ensemble_cfg(tiny_data_root, tmp_path, [ckpt]), tmp_path / "run")
 
 
+def test_member_with_non_finite_weights_is_refused(tiny_data_root, classes, tmp_path, no_long_work):
+    """A diverged member would make the ensemble's probabilities NaN (issue 11): refused first."""
+    good = fake_checkpoint(tmp_path / "good.pt", classes)
+    saved = torch.load(good, weights_only=True)
+    name = next(k for k, v in saved["model"].items() if k.endswith("running_var"))
+    saved["model"][name][0] = float("nan")  # a buffer: weights and BN statistics both count
+    torch.save(saved, tmp_path / "diverged.pt")  # checkpoint.save itself refuses such a state
+    with pytest.raises(EnsembleError, match=f"diverged.pt holds non-finite weights .{name}"):
+        ensemble.evaluate_ensemble(
+            ensemble_cfg(tiny_data_root, tmp_path, [good, tmp_path / "diverged.pt"]),
+            tmp_path / "run",
+        )
+
+
 def test_another_class_count_is_refused(tiny_data_root, classes, tmp_path, no_long_work) -> None:
     good = fake_checkpoint(tmp_path / "good.pt", classes)
     fewer = fake_checkpoint(tmp_path / "fewer.pt", classes[:5])
@@ -328,6 +342,23 @@ def test_evaluate_averages_crops_then_members_batch_by_batch() -> None:
     for i, p in enumerate([*expected, expected.mean(0)]):
         top1 = (p.argmax(1) == labels).sum().item()
         assert ev.correct[0, i, 0].item() == top1
+
+
+class NaNNet(torch.nn.Module):
+    """A diverged network: NaN logits for every input."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full((len(x), 10), float("nan"))
+
+
+def test_nan_logits_count_as_wrong_for_the_member_and_the_ensemble() -> None:
+    """With NaN probabilities every image used to count as correct (issue 11)."""
+    cfg = compose("ensemble", ["checkpoints=[x]", "resolution=32"])
+    images = [torch.randint(0, 256, (3, 40, 40), dtype=torch.uint8) for _ in range(4)]
+    batches = [(images, torch.tensor([0, 3, 5, 9]), 0)]
+    ev = ensemble.evaluate_crops([[NaNNet(), NaNNet()]], batches, n_crops=1, resolution=32,
+                                 runtime=cpu_runtime(cfg.data))  # fmt: skip
+    assert ev.correct.sum().item() == 0
 
 
 # ---------------------------------------------------------------- end to end

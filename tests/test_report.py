@@ -168,3 +168,43 @@ def test_proxy_script_runs_every_seed_unattended(tiny_data_root, tmp_path):
     assert table["rows"]["bn_x5"]["seeds"] == 1  # its seed 1 failed
     assert "+-" in (tmp_path / "results" / "figure3.md").read_text()
     assert (tmp_path / "results" / "figure2.png").is_file()
+
+
+def fake_run_folder(root: Path, experiment: str, seed: int, top1s: list, diverged_at=None) -> None:
+    """A run folder as bnrepro-train writes it: config.yaml and metrics.jsonl."""
+    run = root / f"{experiment}_seed{seed}"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(f"experiment_name: {experiment}\nseed: {seed}\n")
+    rows = [{"step": i, "images_seen": 32 * i, "paper_steps": i, "val/top1": t}
+            for i, t in enumerate(top1s, start=1)]  # fmt: skip
+    if diverged_at is not None:
+        rows.append({"step": diverged_at, "images_seen": 32 * diverged_at,
+                     "paper_steps": diverged_at, "diverged": True, "diverged_reason": "loss nan"})  # fmt: skip
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_a_diverged_run_is_shown_as_diverged(tmp_path):
+    """As the paper shows Inception at BN-x5's LR: "diverged", not an accuracy; a diverged seed
+    leaves the others' numbers alone."""
+    fake_run_folder(tmp_path, "inception", 0, [0.3, 0.5])
+    fake_run_folder(tmp_path, "inception_x5", 0, [], diverged_at=3)
+    fake_run_folder(tmp_path, "bn_x30", 0, [0.6, 0.7])
+    fake_run_folder(tmp_path, "bn_x30", 1, [0.9], diverged_at=2)  # its 0.9 is before the NaN
+    report.main([str(tmp_path), "--out", str(tmp_path / "rep")])
+    table = json.loads((tmp_path / "rep" / "figure3.json").read_text())
+    assert list(table["rows"]) == ["inception", "bn_x30", "inception_x5"]
+    assert table["rows"]["inception_x5"]["diverged_seeds"] == {"0": 3.0}
+    assert table["rows"]["bn_x30"]["max_top1"] == pytest.approx(0.7)
+    assert table["rows"]["bn_x30"]["seeds"] == 1
+    md = (tmp_path / "rep" / "figure3.md").read_text()
+    assert (
+        "| inception_x5 | 0 (+1 diverged) | diverged | diverged | - | - | diverged | diverged |"
+        in md
+    )
+    assert "| bn_x30 | 1 (+1 diverged) | 1 | 70.0% |" in md
+
+
+def test_every_run_diverged(tmp_path):
+    fake_run_folder(tmp_path, "inception_x5", 0, [0.2], diverged_at=3)
+    table = report.build_report(report.load_runs([tmp_path]), tmp_path / "rep")
+    assert table["rows"]["inception_x5"]["max_top1"] is None

@@ -32,3 +32,14 @@ def test_all_tied_row_counts_only_the_top_indices() -> None:
     hits = topk_correct(scores, target, (1, 5))
     assert hits[1].tolist() == [True, False, False]
     assert hits[5].tolist() == [True, True, False]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_scores_are_never_correct(bad: float) -> None:
+    """A diverged network (NaN logits) scored 100% (issue 11): any non-finite row counts as wrong."""
+    scores = torch.full((4, 10), bad)
+    scores[3] = torch.arange(10.0)  # one finite row: class 9 first
+    scores[2, 0] = 1.0  # one non-finite score is enough to make a row wrong
+    hits = topk_correct(scores, torch.tensor([0, 5, 0, 9]), (1, 5))
+    assert hits[1].tolist() == [False, False, False, True]
+    assert hits[5].tolist() == [False, False, False, True]

@@ -10,8 +10,8 @@ the ensemble's is the arithmetic mean of the members' predictions.
 
 A run folder gives its last checkpoint (member_checkpoint=last, the default) or its best.pt
 (member_checkpoint=best: picked on the val set that is then reported, which the results say).
-Every member is checked (exists, loads, a timm architecture, the same class list as the others
-and as the val set) before any image is read. With pop_stats_batches, Algorithm 2 runs on each
+Every member is checked (exists, loads, a timm architecture, finite weights, the same class list
+as the others and as the val set) before any image is read. With pop_stats_batches, Algorithm 2 runs on each
 member's own training pipeline (its checkpoint's data config: colour strength, batch size, ...).
 Each image is decoded once; its crops are cut from the decoded tensor on the device
 (bnrepro/evaluation/crops.py); the crops of several images go through each member as one
@@ -162,6 +162,12 @@ def load_member(path: Path) -> Member:
         raise EnsembleError(
             f"checkpoint {path} has num_classes={num_classes} but a class list of "
             f"{len(classes)}: it is damaged, retrain or drop it"
+        )
+    bad = checkpoint.nonfinite_tensors(ckpt["model"])
+    if bad:
+        raise EnsembleError(
+            f"checkpoint {path} holds non-finite weights ({', '.join(bad[:3])}): its run diverged; "
+            "drop it, or use the run's last finite checkpoint"
         )
     model = timm.create_model(arch["name"], **arch["kwargs"])
     try:

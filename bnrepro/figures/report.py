@@ -6,7 +6,9 @@
 
 Reads each run folder's metrics.jsonl (written by bnrepro-train) and its config; a multirun folder
 (or any folder) is searched for run folders below it. Writes figure2.png, figure3.md/.json and,
-where ensemble results are found, figure4.md.
+where ensemble results are found, figure4.md. A run that diverged (metrics.jsonl's `diverged` row)
+is shown as the paper shows Inception at BN-x5's LR: "diverged", not an accuracy; its curve is
+left out of Figure 2 and of its experiment's seed mean.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from bnrepro.evaluation.ensemble import SELECTED_ON_VAL, figure4_markdown, paper_percent, percent
-from bnrepro.paper import FIGURE3
+from bnrepro.paper import FIGURE3, PAPER_DIVERGED
 
-ORDER = ["inception", "bn_baseline", "bn_x5", "bn_x30", "bn_x5_sigmoid", "inception_sigmoid"]
+ORDER = ["inception", "bn_baseline", "bn_x5", "bn_x30", "bn_x5_sigmoid", "inception_sigmoid",
+         "inception_x5"]  # fmt: skip
 
 
 def _run_config(run_dir: Path) -> dict:
@@ -88,6 +91,14 @@ def load_wandb(path: str) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def diverged_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per diverged run: its experiment, seed, run and the paper step it stopped at."""
+    columns = ["experiment", "seed", "run", "paper_steps"]
+    if "diverged" not in df:
+        return pd.DataFrame(columns=columns)
+    return df[df["diverged"].fillna(False).astype(bool)][columns].drop_duplicates("run")
+
+
 def val_curves(df: pd.DataFrame) -> pd.DataFrame:
     """Validation top-1 per (experiment, seed, paper_steps)."""
     if "val/top1" not in df:
@@ -102,17 +113,23 @@ def steps_to(curve: pd.DataFrame, target: float) -> float | None:
     return float(hit["paper_steps"].iloc[0]) if len(hit) else None
 
 
-def figure3_table(curves: pd.DataFrame, reference: str = "inception") -> dict:
+def figure3_table(
+    curves: pd.DataFrame, reference: str = "inception", diverged: pd.DataFrame | None = None
+) -> dict:
     """Figure 3: per experiment, paper steps to reach `reference`'s best accuracy, and max accuracy.
 
     steps_to_target and max_top1 are taken from the seed-mean curve (the target is the best of
     `reference`'s seed-mean curve); per_seed holds each seed's own steps, max and final
     accuracy, and *_mean / *_sd their mean and standard deviation over seeds (sd 0 for one seed).
+    `diverged` (diverged_runs): runs left out of `curves`; an experiment whose every seed
+    diverged has a row with None for its numbers, and every row lists its diverged seeds.
     """
+    diverged = diverged_runs(pd.DataFrame()) if diverged is None else diverged
+    curves = curves[~curves["run"].isin(set(diverged["run"]))]
     mean = curves.groupby(["experiment", "paper_steps"], as_index=False)["val/top1"].mean()
-    if reference not in set(mean["experiment"]):
+    if reference not in set(mean["experiment"]) and len(mean):  # none: every run diverged
         raise ValueError(f"no {reference!r} run among {sorted(set(mean['experiment']))}")
-    target = float(mean[mean["experiment"] == reference]["val/top1"].max())
+    target = float(mean[mean["experiment"] == reference]["val/top1"].max()) if len(mean) else None
     rows = {}
     for name, curve in mean.groupby("experiment"):
         paper_steps, paper_max = FIGURE3.get(name, (None, None))
@@ -135,6 +152,14 @@ def figure3_table(curves: pd.DataFrame, reference: str = "inception") -> dict:
             **_spread(per_seed, "final_top1"),
             "per_seed": per_seed,
         }
+    for name, runs in diverged.groupby("experiment"):
+        paper_steps, paper_max = FIGURE3.get(name, (None, None))
+        row = rows.setdefault(name, {
+            "steps_to_target": None, "max_top1": None, "paper_steps_to_72.2": paper_steps,
+            "paper_max_top1": paper_max, "seeds": 0, "per_seed": {},
+        })  # fmt: skip
+        row["diverged_seeds"] = {int(seed): float(step) for seed, step
+                                 in zip(runs["seed"], runs["paper_steps"], strict=True)}  # fmt: skip
     return {"target_top1": target, "reference": reference, "rows": _ordered(rows)}
 
 
@@ -169,16 +194,27 @@ def figure3_markdown(table: dict) -> str:
         paper_steps = "never" if name == "bn_x5_sigmoid" else _fmt_steps(r["paper_steps_to_72.2"])
         if r["paper_max_top1"] is None:
             paper_steps = "-"
+        paper_max = paper_percent(r["paper_max_top1"])
+        if name in PAPER_DIVERGED:
+            paper_steps = paper_max = "diverged"
+        steps, top1 = _fmt_steps(r["steps_to_target"]), percent(r["max_top1"])
+        seeds = str(r["seeds"])
+        if r.get("diverged_seeds"):
+            n = len(r["diverged_seeds"])
+            if not r["seeds"]:  # every seed diverged: no accuracy to show, as the paper
+                steps = top1 = "diverged"
+            seeds = f"{r['seeds']} (+{n} diverged)"
         lines.append(
-            f"| {name} | {r['seeds']} | {_fmt_steps(r['steps_to_target'])} "
-            f"| {percent(r['max_top1'])} | {_mean_sd(r, 'max_top1')} | {_mean_sd(r, 'final_top1')} "
-            f"| {paper_steps} | {paper_percent(r['paper_max_top1'])} |"
+            f"| {name} | {seeds} | {steps} | {top1} | {_mean_sd(r, 'max_top1')} "
+            f"| {_mean_sd(r, 'final_top1')} | {paper_steps} | {paper_max} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def _mean_sd(row: dict, key: str) -> str:
-    if f"{key}_mean" not in row:  # a table written before seeds were summarised
+    if (
+        f"{key}_mean" not in row
+    ):  # every seed diverged, or a table from before seeds were summarised
         return "-"
     return f"{percent(row[f'{key}_mean'])} +- {100 * row[f'{key}_sd']:.1f}"
 
@@ -202,7 +238,8 @@ def plot_figure2(curves: pd.DataFrame, out: Path, title: str = "") -> None:
     ax.set_ylabel("validation accuracy (top-1, single crop)")
     ax.set_title(title or "Ours: validation accuracy vs training steps (Figure 2)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if names:  # none when every run diverged
+        ax.legend(fontsize=8)
 
     for name, (steps, top1) in FIGURE3.items():
         x = steps if steps is not None else 31e6
@@ -237,11 +274,16 @@ def _ensemble_rows(paths: list[str]) -> tuple[list[dict], bool]:
 def build_report(df: pd.DataFrame, out: Path, ensemble: list[str] = (), title: str = "") -> dict:
     """Write figure2.png, figure3.md/.json (and figure4.md) under `out`; return the Figure 3 table."""
     out.mkdir(parents=True, exist_ok=True)
-    curves = val_curves(df)
+    diverged = diverged_runs(df)
+    finite = df[~df["run"].isin(set(diverged["run"]))]
+    if len(finite) or not len(diverged):
+        curves = val_curves(finite)
+    else:  # every run diverged: a table of "diverged" rows, an empty Figure 2
+        curves = pd.DataFrame(columns=["experiment", "seed", "run", "paper_steps", "val/top1"])
     plot_figure2(curves, out / "figure2.png", title)
     names = set(curves["experiment"])
-    reference = "inception" if "inception" in names else sorted(names)[0]
-    table = figure3_table(curves, reference)
+    reference = "inception" if "inception" in names or not names else sorted(names)[0]
+    table = figure3_table(curves, reference, diverged)
     (out / "figure3.json").write_text(json.dumps(table, indent=2))
     (out / "figure3.md").write_text(figure3_markdown(table))
     rows, selected_on_val = _ensemble_rows(list(ensemble))

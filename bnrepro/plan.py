@@ -1,0 +1,312 @@
+"""bnrepro-plan: what a training run will do, before it costs anything.
+
+    bnrepro-plan experiment=bn_x30 data=imagenet                       # 8 GPUs on one node
+    bnrepro-plan experiment=inception data=imagenet plan.gpus=8 plan.nodes=4
+    bnrepro-plan experiment=bn_x5 data=imagenet plan.images_per_s=2500 # a measured throughput
+    bnrepro-plan -m experiment=inception,bn_baseline,bn_x5,bn_x30,bn_x5_sigmoid data=imagenet
+
+Takes bnrepro-train's overrides, plus plan.* (configs/plan.yaml: the cluster shape and the cost
+model). Prints the global batch, the LR over the run (warmup, decays, an ASCII plot against paper
+steps), the budget in images, paper steps and epochs, the paper's steps to 72.2% (Figure 3) and
+whether the budget covers them, the evaluations and checkpoints planned, and an estimate of
+GPU-hours. With -m, every combination of the comma lists is composed and the plans are printed
+as one table. Reads no data and builds the network only on the meta device (to count its FLOPs).
+The LR curve comes from stepping schedule.build_scheduler itself, as the training loop does.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from bnrepro import engine, schedule
+from bnrepro.config import CONFIG_DIR, compose, effective_lr
+from bnrepro.errors import EXIT_USER_ERROR, UserError
+from bnrepro.paper import FIGURE3, PAPER_BATCH, PAPER_DIVERGED
+
+LR_SAMPLES = 4000  # points of the LR curve (more where decays are frequent)
+
+
+class PlanError(UserError):
+    """Bad input to bnrepro-plan; the message names the fix."""
+
+
+@dataclass
+class Plan:
+    experiment: str
+    data: str
+    processes: int  # GPUs (or CPU processes) sharing the global batch
+    global_batch: int
+    effective_lr: float  # optim.lr x global batch / 32
+    curve: list[tuple[int, float]]  # (images seen, LR of the step that starts there)
+    warmup_images: int  # the scheduler's warmup (0: none); decays may fall inside it
+    max_images: int
+    train_size: int
+    paper_target: float | None  # Figure 3's paper steps to 72.2%; None: never or no entry
+    paper_note: str  # what the paper says of this variant's steps to 72.2%
+    evals: int
+    checkpoints: int
+    keep_last: int
+    gflops_per_image: float  # forward, at the configured crop and width
+    gpu_hours: float
+    cost_basis: str
+
+    @property
+    def paper_steps(self) -> float:
+        return self.max_images / PAPER_BATCH
+
+    @property
+    def epochs(self) -> float:
+        return self.max_images / self.train_size
+
+    @property
+    def peak_lr(self) -> float:
+        return max(lr for _, lr in self.curve)
+
+    @property
+    def covered(self) -> bool | None:
+        return None if self.paper_target is None else self.paper_steps >= self.paper_target
+
+    def decays(self) -> list[tuple[int, float]]:
+        """(images, LR) where the LR falls: the staircase's steps (inside the warmup too)."""
+        return [b for a, b in itertools.pairwise(self.curve) if b[1] < a[1] * (1 - 1e-9)]
+
+
+def data_sizes(data: DictConfig) -> tuple[int, int]:
+    """(train, val) images of the configured data, from its config alone (no file is read)."""
+    if data.name == "synthetic":  # the generator's counts
+        return (data.synthetic.train_per_class * data.num_classes,
+                data.synthetic.val_per_class * data.num_classes)  # fmt: skip
+    if data.get("train_size") is None or data.get("val_size") is None:
+        raise PlanError(f"data {data.name!r} has no train_size / val_size: set data.train_size=N")
+    return data.train_size, data.val_size
+
+
+def forward_gflops(cfg: DictConfig) -> float:
+    """The configured network's forward cost per image at data.train_crop, counted on the meta
+    device (nothing is allocated)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    side = cfg.data.train_crop
+    with torch.device("meta"):
+        model = engine.build_model(cfg, [str(i) for i in range(cfg.data.num_classes)]).eval()
+        inputs = torch.zeros(1, cfg.data.in_chans, side, side)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(inputs)
+    return counter.get_total_flops() / 1e9  # 2 per multiply-add: 4.07 at 224 px, width 1
+
+
+def lr_curve(
+    cfg: DictConfig, global_batch: int, train_size: int
+) -> tuple[list[tuple[int, float]], int]:
+    """The LR the training loop sets at sampled optimizer steps (schedule.build_scheduler on a
+    dummy optimizer, stepped with images seen exactly as train.py does), and the images over
+    which its warmup ramps (0: none)."""
+    lr = effective_lr(cfg.optim.lr, global_batch)
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    scheduler = schedule.build_scheduler(optimizer, cfg.optim, global_batch, train_size)
+    steps = math.ceil(cfg.trainer.max_images / global_batch)
+    per_decay = cfg.optim.decay_epochs * train_size / global_batch  # steps between decays
+    samples = min(steps, max(LR_SAMPLES, math.ceil(8 * steps / per_decay)))
+    curve = []
+    for k in sorted({round(i * (steps - 1) / max(samples - 1, 1)) for i in range(samples)}):
+        scheduler.step_update(k * global_batch)
+        curve.append((k * global_batch, optimizer.param_groups[0]["lr"]))
+    return curve, scheduler.warmup_images
+
+
+def periodic_count(interval: int, global_batch: int, max_images: int) -> int:
+    """How often an every-`interval`-images event fires (schedule.Every), plus the final one
+    made at the end when the last periodic one was not made there."""
+    final = math.ceil(max_images / global_batch) * global_batch
+    n = final // interval
+    last = math.ceil(n * interval / global_batch) * global_batch if n else 0
+    return n + (last != final)
+
+
+def make_plan(cfg: DictConfig, settings: DictConfig) -> Plan:
+    processes = settings.gpus * settings.nodes
+    if processes < 1:
+        raise PlanError(
+            f"plan.gpus x plan.nodes must be >= 1, got {settings.gpus} x {settings.nodes}"
+        )
+    global_batch = cfg.data.batch_size * processes * cfg.trainer.grad_accum
+    train_size, val_size = data_sizes(cfg.data)
+    t = cfg.trainer
+    gflops = forward_gflops(cfg)
+    train_images = t.max_images
+    eval_images = min(t.eval_max_images or val_size, val_size)
+    evals = periodic_count(t.eval_every_images, global_batch, t.max_images)
+    if settings.images_per_s:
+        gpu_seconds = train_images / settings.images_per_s
+        basis = f"measured {settings.images_per_s:g} training images/s per GPU"
+    else:
+        flops = (train_images * settings.train_flops_factor + evals * eval_images) * gflops * 1e9
+        gpu_seconds = flops / (settings.sustained_tflops * 1e12)
+        basis = (f"{gflops:.3g} GFLOPs/image forward x{settings.train_flops_factor} to train, "
+                 f"evaluations included, at an assumed {settings.sustained_tflops:g} TFLOP/s per GPU")  # fmt: skip
+    name = cfg.experiment_name
+    paper = FIGURE3.get(name, (None, None))[0]
+    if name in PAPER_DIVERGED:
+        note = "diverged (section 4.2.2)"
+    elif name not in FIGURE3:
+        note = "-"
+    else:
+        note = "never" if paper is None else paper_steps_text(paper)
+    imagenet = cfg.data.name == "imagenet"
+    note += "" if imagenet or note == "-" else " on ImageNet: not comparable"
+    target = paper if imagenet else None  # Figure 3's steps are ImageNet's
+    curve, warmup_images = lr_curve(cfg, global_batch, train_size)
+    return Plan(
+        experiment=name, data=cfg.data.name, processes=processes, global_batch=global_batch,
+        effective_lr=effective_lr(cfg.optim.lr, global_batch),
+        curve=curve,
+        warmup_images=warmup_images,
+        max_images=int(t.max_images), train_size=train_size, paper_target=target, paper_note=note,
+        evals=evals, checkpoints=periodic_count(t.ckpt_every_images, global_batch, t.max_images),
+        keep_last=t.keep_last, gflops_per_image=gflops, gpu_hours=gpu_seconds / 3600,
+        cost_basis=basis,
+    )  # fmt: skip
+
+
+def paper_steps_text(steps: float) -> str:
+    """Paper steps as the paper writes them (31.0e6)."""
+    return f"{steps / 1e6:.1f}e6" if steps >= 1e5 else f"{steps:.4g}"
+
+
+def ascii_plot(curve: list[tuple[int, float]], width: int, height: int) -> str:
+    """LR (rows: the peak at the top, 0 at the bottom) against paper steps (columns): one '*'
+    per column, at the LR of the column's first sample."""
+    top = max(lr for _, lr in curve)
+    last = curve[-1][0] or 1
+    columns: dict[int, float] = {}
+    for images, lr in curve:
+        columns.setdefault(min(width - 1, images * width // (last + 1)), lr)
+    grid = [[" "] * width for _ in range(height)]
+    for c, lr in columns.items():
+        grid[round((1 - lr / top) * (height - 1))][c] = "*"
+    labels = {0: f"{top:.4g}", height - 1: "0"}
+    rows = [f"{labels.get(r, ''):>9} |" + "".join(cells) for r, cells in enumerate(grid)]
+    rows.append(" " * 10 + "+" + "-" * width)
+    end = f"{paper_steps_text(last / PAPER_BATCH)} paper steps"
+    rows.append(" " * 11 + "0" + end.rjust(width - 1))
+    return "\n".join(rows)
+
+
+def describe(plan: Plan, settings: DictConfig) -> str:
+    """The plan of one run, for a person about to submit it."""
+    decays = plan.decays()
+    first_decays = ", ".join(f"{lr:.4g} at {images / PAPER_BATCH:,.0f}"
+                             for images, lr in decays[:3])  # fmt: skip
+    warmup = (f"rises over {plan.warmup_images:,} images "
+              f"({paper_steps_text(plan.warmup_images / PAPER_BATCH)} paper steps) from "
+              f"{plan.curve[0][1]:.4g}" if plan.warmup_images else "none")  # fmt: skip
+    covered = {None: "", True: " -> the budget covers it", False: " -> NOT covered by the budget"}
+    wall = plan.gpu_hours / plan.processes
+    lines = [
+        f"{plan.experiment} on {plan.data}: {plan.processes} process{'es' * (plan.processes > 1)} "
+        f"({settings.gpus} per node x {settings.nodes} nodes)",
+        f"  global batch     {plan.global_batch} (data.batch_size x processes x trainer.grad_accum)",
+        f"  effective LR     {plan.effective_lr:.4g} (optim.lr x {plan.global_batch}/{PAPER_BATCH});"
+        f" peak {plan.peak_lr:.4g}, final {plan.curve[-1][1]:.4g}",
+        f"  warmup           {warmup}",
+        f"  decays           {len(decays)}" + (f": {first_decays}{', ...' * (len(decays) > 3)} (LR at paper step)" if decays else ""),
+        f"  budget           {plan.max_images:,} images = {paper_steps_text(plan.paper_steps)} paper steps = "
+        f"{plan.epochs:.4g} epochs of {plan.train_size:,} images",
+        f"  paper (Fig. 3)   steps to 72.2%: {plan.paper_note}{covered[plan.covered]}",
+        f"  evaluations      {plan.evals}; checkpoints {plan.checkpoints} (the last "
+        f"{plan.keep_last} kept, plus best.pt)",
+        f"  cost             {plan.gpu_hours:.3g} GPU-hours, {wall:.3g} h wall on "
+        f"{plan.processes} ({plan.cost_basis})",
+        "  LR against paper steps:",
+        ascii_plot(plan.curve, settings.plot_width, settings.plot_height),
+    ]  # fmt: skip
+    return "\n".join(lines)
+
+
+def table(plans: list[Plan]) -> str:
+    """One markdown row per plan (bnrepro-plan -m)."""
+    lines = [
+        "| experiment | processes | global batch | effective LR | warmup (paper steps) "
+        "| budget (paper steps) | epochs | steps to 72.2% (paper) | covered | evaluations "
+        "| GPU-hours |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in plans:
+        covered = {None: "-", True: "yes", False: "NO"}[p.covered]
+        lines.append(
+            f"| {p.experiment} | {p.processes} | {p.global_batch} | {p.effective_lr:.4g} "
+            f"| {paper_steps_text(p.warmup_images / PAPER_BATCH)} | {paper_steps_text(p.paper_steps)} "
+            f"| {p.epochs:.4g} "
+            f"| {p.paper_note} | {covered} | {p.evals} | {p.gpu_hours:.3g} |"
+        )
+    return "\n".join(lines)
+
+
+def sweep(overrides: list[str]) -> list[list[str]]:
+    """Every combination of the comma lists (key=a,b,c), as Hydra's basic sweeper makes them;
+    a value in brackets or braces is one value."""
+    choices = []
+    for o in overrides:
+        key, sep, value = o.partition("=")
+        if sep and "," in value and not value.startswith(("[", "{", "'", '"')):
+            choices.append([f"{key}={v}" for v in value.split(",")])
+        else:
+            choices.append([o])
+    return [list(c) for c in itertools.product(*choices)]
+
+
+def split_args(argv: list[str]) -> tuple[bool, list[str], list[str]]:
+    """(multirun, bnrepro-train overrides, plan.* overrides without the prefix)."""
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    args = [a for a in argv if a not in ("-m", "--multirun")]
+    unknown = [a for a in args if a.startswith("-")]
+    if unknown:
+        raise PlanError(f"unknown option {unknown[0]}: bnrepro-plan takes -m and overrides")
+    settings = [a.removeprefix("plan.") for a in args if a.startswith("plan.")]
+    return multirun, [a for a in args if not a.startswith("plan.")], settings
+
+
+def load_settings(overrides: list[str]) -> DictConfig:
+    settings = OmegaConf.load(Path(CONFIG_DIR) / "plan.yaml")
+    OmegaConf.set_struct(settings, True)
+    try:
+        return OmegaConf.merge(settings, OmegaConf.from_dotlist(overrides))
+    except Exception as e:  # an unknown plan.* key
+        raise PlanError(f"{e}".splitlines()[0] + f" (plan.* keys: {', '.join(settings)})") from e
+
+
+def main(argv: list[str] | None = None) -> None:
+    """bnrepro-plan [-m] [bnrepro-train overrides] [plan.key=value ...]"""
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return
+    try:
+        multirun, overrides, settings_overrides = split_args(argv)
+        settings = load_settings(settings_overrides)
+        runs = sweep(overrides) if multirun else [overrides]
+        plans = [make_plan(compose("train", run), settings) for run in runs]
+    except (UserError, ValueError) as e:
+        print(f"bnrepro-plan: error: {e}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except Exception as e:  # Hydra's composition errors (unknown key or option) are user errors
+        if type(e).__module__.split(".")[0] not in ("hydra", "omegaconf"):
+            raise
+        print(f"bnrepro-plan: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    if len(plans) == 1:
+        print(describe(plans[0], settings))
+    else:
+        print(table(plans))
+        print(f"\n({plans[0].processes} processes each; cost: {plans[0].cost_basis})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Budgets that reach Figure 3, and bnrepro-plan (bnrepro/plan.py) against the paper and against
+what the training loop really does (issue 11)."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from bnrepro import plan
+from bnrepro import train as T
+from bnrepro.config import CONFIG_DIR, compose
+from bnrepro.errors import EXIT_USER_ERROR
+from bnrepro.paper import BN_X30_PEAK_STEPS, FIGURE3, PAPER_BATCH
+
+REPO = Path(__file__).resolve().parents[1]
+MARGIN = 1.1  # a budget covers the paper's curve with at least 10% to spare
+IMAGENET = ["data=imagenet", "data.root=/datasets/imagenet"]
+FIVE = ["inception", "bn_baseline", "bn_x5", "bn_x30", "bn_x5_sigmoid"]
+# Paper steps each experiment's budget must cover: Figure 3's steps to 72.2%, or where BN-x30 and
+# the ensemble members peak (section 4.2.3) for the accelerated BN networks shown beside it.
+MUST_COVER = {
+    "inception": FIGURE3["inception"][0],
+    "bn_baseline": FIGURE3["bn_baseline"][0],
+    "bn_x5": max(FIGURE3["bn_x5"][0], BN_X30_PEAK_STEPS),
+    "bn_x30": max(FIGURE3["bn_x30"][0], BN_X30_PEAK_STEPS),
+    "bn_x5_sigmoid": BN_X30_PEAK_STEPS,
+    "bn_x30_ensemble": BN_X30_PEAK_STEPS,
+}
+SETTINGS = plan.load_settings([])
+
+
+def make(experiment: str, *overrides: str, settings=SETTINGS) -> plan.Plan:
+    return plan.make_plan(compose("train", [f"experiment={experiment}", *overrides]), settings)
+
+
+def test_every_experiment_has_a_budget_of_its_own():
+    """The trainer's default (12e6 steps) left Inception (31e6) and BN-Baseline (13.3e6) short:
+    every experiment sets its own, in its file or its parent's."""
+    default = OmegaConf.load(Path(CONFIG_DIR) / "trainer" / "default.yaml").max_images
+    for path in sorted((Path(CONFIG_DIR) / "experiment").glob("*.yaml")):
+        cfg = compose("train", [f"experiment={path.stem}", *IMAGENET])
+        assert cfg.trainer.max_images != default, path.stem
+
+
+@pytest.mark.parametrize("experiment", sorted(MUST_COVER))
+def test_budget_covers_the_papers_curve_on_imagenet(experiment):
+    cfg = compose("train", [f"experiment={experiment}", *IMAGENET])
+    assert cfg.trainer.max_images / PAPER_BATCH >= MUST_COVER[experiment] * MARGIN
+
+
+@pytest.mark.parametrize("data", ["synthetic", "mnist"])
+def test_small_data_keeps_its_cpu_budget(data):
+    budgets = {compose("train", [f"experiment={e}", f"data={data}"]).trainer.max_images
+               for e in [*FIVE, "inception_x5", "inception_sigmoid"]}  # fmt: skip
+    assert budgets == {16_000 if data == "synthetic" else 40_000}
+
+
+def test_plan_of_inception_covers_figure3():
+    p = make("inception", *IMAGENET)
+    assert p.global_batch == 256 and p.processes == 8  # plan.yaml: one node of 8 GPUs
+    assert p.paper_steps >= 31e6 and p.covered is True and p.paper_note == "31.0e6"
+    assert p.epochs == pytest.approx(p.max_images / 1_281_167)
+    assert p.gflops_per_image == pytest.approx(4.07, rel=0.01)  # results/README.md's figure
+
+
+@pytest.mark.parametrize("gpus", [1, 8, 16])
+def test_lr_after_warmup_is_the_papers_lr_times_global_over_32(gpus):
+    """BN-x30: 0.045 x global batch / 32, decayed x0.94 per 2 epochs already passed."""
+    settings = plan.load_settings([f"gpus={gpus}"])
+    p = make("bn_x30", *IMAGENET, settings=settings)
+    assert p.global_batch == 32 * gpus and p.effective_lr == pytest.approx(0.045 * gpus)
+    images, lr = next((i, lr) for i, lr in p.curve if i > p.warmup_images)
+    decays = images // (2 * 1_281_167)
+    assert lr == pytest.approx(0.045 * p.global_batch / 32 * 0.94**decays)
+    assert p.peak_lr <= p.effective_lr * (1 + 1e-9)
+    if gpus == 1:  # the paper's batch: its LR from the first step
+        assert p.curve[0][1] == pytest.approx(0.045)
+
+
+def test_plan_matches_what_the_loop_does(tiny_overrides, tmp_path):
+    """The LR at every step, the evaluations and checkpoints of a real tiny run (warmup and a
+    decay every step)."""
+    overrides = [*tiny_overrides, "optim.warmup_images=48", "optim.decay_epochs=0.1",
+                 "trainer.keep_last=10"]  # fmt: skip
+    cfg = compose("train", overrides)
+    p = plan.make_plan(cfg, plan.load_settings(["gpus=1"]))
+    T.train(cfg)
+    run_dir = tmp_path / cfg.run_name
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    logged = [(r["images_seen"] - 16, r["train/lr"]) for r in rows if "train/lr" in r]
+    assert [i for i, _ in p.curve] == [i for i, _ in logged]  # 6 steps: every step sampled
+    assert [lr for _, lr in p.curve] == pytest.approx([lr for _, lr in logged])
+    assert len({lr for _, lr in logged}) >= 4  # warmup and decays: a curve, not a constant
+    assert p.evals == sum("val/top1" in r for r in rows) == 2
+    assert p.checkpoints == len(list((run_dir / "checkpoints").glob("ckpt_*.pt"))) == 2
+    assert p.train_size == 160  # the tiny tree: 16 x 10 classes
+
+
+def test_measured_throughput_replaces_the_flop_estimate():
+    settings = plan.load_settings(["images_per_s=2000"])
+    p = make("bn_x30", *IMAGENET, settings=settings)
+    assert p.gpu_hours == pytest.approx(p.max_images / 2000 / 3600)
+    flops = make("bn_x30", *IMAGENET)
+    train_hours = p.max_images * 3 * flops.gflops_per_image * 1e9 / 100e12 / 3600
+    assert train_hours < flops.gpu_hours < train_hours * 1.02  # + 250 evaluations of 50,000
+
+
+def test_one_table_for_the_paper(capsys):
+    plan.main(["-m", f"experiment={','.join(FIVE)}", *IMAGENET])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [r.split("|")[1].strip() for r in rows] == ["experiment", *FIVE]
+    inception = rows[1].split("|")
+    assert [" 31.0e6 ", " yes ", " 35.0e6 "] == [inception[8], inception[9], inception[6]]
+
+
+def test_single_plan_prints_everything(capsys):
+    plan.main(["experiment=inception", *IMAGENET, "plan.gpus=16"])
+    out = capsys.readouterr().out
+    for words in ("global batch     512", "effective LR     0.024", "warmup           rises over",
+                  "decays           109", "1,120,000,000 images = 35.0e6 paper steps",
+                  "steps to 72.2%: 31.0e6 -> the budget covers it", "evaluations      875",
+                  "GPU-hours", "LR against paper steps"):  # fmt: skip
+        assert words in out, words
+    plot = out.split("LR against paper steps:\n")[1].splitlines()
+    assert len(plot) == SETTINGS.plot_height + 2 and plot[0].startswith("    0.024 |")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(["plan.gpu=2"], "Key 'gpu' is not in struct"), (["experiment=nope"], "experiment/nope"),
+     (["--bogus"], "unknown option --bogus"), (["plan.gpus=0"], "must be >= 1")],
+)  # fmt: skip
+def test_bad_input_is_one_line(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        plan.main(args)
+    assert exit_info.value.code == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_sweep_expands_comma_lists_only():
+    assert plan.sweep(["experiment=a,b", "seed=1", "checkpoints=[x,y]"]) == [
+        ["experiment=a", "seed=1", "checkpoints=[x,y]"],
+        ["experiment=b", "seed=1", "checkpoints=[x,y]"],
+    ]
+
+
+README_NAMES = {"Inception": "inception", "BN-Baseline": "bn_baseline", "BN-x5": "bn_x5",
+                "BN-x30": "bn_x30", "BN-x5-Sigmoid": "bn_x5_sigmoid",
+                "Inception-Sigmoid": "inception_sigmoid", "Inception-x5": "inception_x5"}  # fmt: skip
+
+
+def test_results_readme_budgets_are_the_configs():
+    """results/README.md's budget and GPU-hour columns are bnrepro-plan's (8 GPUs), and its
+    commands type no budget of their own."""
+    text = (REPO / "results" / "README.md").read_text()
+    seen = set()
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| ") and cells[0] in README_NAMES and len(cells) == 7:
+            p = make(README_NAMES[cells[0]], *IMAGENET)
+            assert cells[5] == plan.paper_steps_text(p.paper_steps), cells[0]
+            assert cells[6] == f"{p.gpu_hours:.3g}", cells[0]
+            seen.add(cells[0])
+    assert seen == set(README_NAMES)
+    assert not re.search(r"trainer\.max_images=", text)
+
+
+def test_submission_paths_use_the_experiments_budgets():
+    """scripts/submit_paper.sh and slurm/*.sbatch pass no budget: each job runs its config's."""
+    for path in [REPO / "scripts" / "submit_paper.sh", *sorted((REPO / "slurm").glob("*.sbatch"))]:
+        commands = [line for line in path.read_text().splitlines() if not line.startswith("#")]
+        assert not any("max_images" in line for line in commands), path
