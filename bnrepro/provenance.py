@@ -74,7 +74,7 @@ def git_dirty() -> bool | None:
     return None if status is None else bool(status)
 
 
-def describe() -> str:
+def code_version() -> str:
     """One line for a console: 'bnrepro 0.1.0 (git 1a2b3c4d, uncommitted changes)'."""
     sha, dirty = git_sha(), git_dirty()
     where = f"git {sha[:8]}" if sha else "git commit unknown"

@@ -161,7 +161,7 @@ def start(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) ->
     console.print(f"run folder {run_dir} | {cfg.experiment_name} | effective LR {lr:g} (optim.lr "
                   f"{cfg.optim.lr:g} x {global_batch}/{PAPER_BATCH}) | global batch {global_batch} "
                   f"| device {runtime.device} | world {dist.world_size}{resumed} | "
-                  f"{provenance.describe()}")  # fmt: skip
+                  f"{provenance.code_version()}")  # fmt: skip
     return Session(
         cfg, run_dir, dist, runtime, data, model,
         step_model=wrap_model(model, cfg, dist, runtime),
