@@ -3,6 +3,8 @@
 The package tree is the architecture (imports flow downwards):
     cli.py          the bnrepro-* console commands: parse, then import what does the work
     train.py        bnrepro-train: the training loop, one for every variant
+    plan.py         bnrepro-plan: what a run will do and cost, before it is submitted
+    weights.py      bnrepro-convert: the public Caffe BN-Inception weights -> a checkpoint
     evaluation/     test-time crops, Algorithm 2, the ensemble (bnrepro-ensemble, bnrepro-bn-stats)
     figures/        Figure 1 on MNIST, the Figures 2-4 report, the W&B dashboard
     engine.py       what every entry point shares: runtime, builders, evaluate
