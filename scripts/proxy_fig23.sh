@@ -27,6 +27,7 @@ EVAL_EVERY=${EVAL_EVERY:-3200}
 OUT=${OUT:-outputs/proxy}
 RESULTS=${RESULTS:-results/proxy}
 BIN=${BIN:-$(dirname "$(command -v python)")}
+GIVEN_EXPERIMENTS=${EXPERIMENTS:-}  # recorded in proxy_run.json's command when given
 if [ -z "${EXPERIMENTS:-}" ]; then
   EXPERIMENTS="inception bn_baseline bn_x5 bn_x30 bn_x5_sigmoid inception_sigmoid"
   CONFIGS=$(cd "$(dirname "$0")/../configs" && pwd)
@@ -57,7 +58,7 @@ done
 "$BIN/bnrepro-report" "$OUT" --out "$RESULTS" \
   --title "CPU proxy: synthetic 10 classes, 64 px, width 1/4, $MAX_IMAGES images per run, seeds $SEEDS"
 wall=$(($(date +%s) - start))
-"$BIN/python" - "$RESULTS/proxy_run.json" "$wall" "SEEDS=$SEEDS MAX_IMAGES=$MAX_IMAGES EVAL_EVERY=$EVAL_EVERY scripts/proxy_fig23.sh $*" "${runs[@]}" <<'PY'
+"$BIN/python" - "$RESULTS/proxy_run.json" "$wall" "SEEDS=$SEEDS MAX_IMAGES=$MAX_IMAGES EVAL_EVERY=$EVAL_EVERY ${GIVEN_EXPERIMENTS:+EXPERIMENTS='$GIVEN_EXPERIMENTS' }OUT=$OUT RESULTS=$RESULTS scripts/proxy_fig23.sh $*" "${runs[@]}" <<'PY'
 import json, sys
 
 path, wall, command, *runs = sys.argv[1:]

@@ -13,7 +13,8 @@ from bnrepro.paper import FIGURE3, FIGURE4
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 PROXY_NAMES = {"Inception": "inception", "BN-Baseline": "bn_baseline", "BN-x5": "bn_x5",
                "BN-x30": "bn_x30", "BN-x5-Sigmoid": "bn_x5_sigmoid",
-               "Inception-Sigmoid": "inception_sigmoid", "Inception-x5": "inception_x5"}  # fmt: skip
+               "Inception-Sigmoid": "inception_sigmoid", "Inception-x5": "inception_x5",
+               "BN-Baseline, init gain 0.5": "bn_baseline_gain0.5"}  # fmt: skip
 
 
 def tables(path: Path) -> list[list[dict]]:
@@ -152,6 +153,28 @@ def test_proxy_tables_are_figure3_json():
         for path in (RESULTS / "proxy" / "README.md", RESULTS / "README.md"):
             claims = path.read_text()
             assert not re.search(r"\bends? at\b|at the end\b", claims), path
+
+
+def test_proxy_readme_seed_claims_hold_in_figure3_json():
+    """The README says one seed group is above another only where every seed's max says so."""
+    rows = load(RESULTS / "proxy" / "figure3.json")["rows"]
+    text = " ".join((RESULTS / "proxy" / "README.md").read_text().split())
+
+    def seed_maxima(name: str) -> list[float]:
+        return [s["max_top1"] for s in rows[name]["per_seed"].values()]
+
+    def above(better: str, worse: str) -> bool:
+        return min(seed_maxima(better)) > max(seed_maxima(worse))
+
+    claims = {
+        "every BN-x5 and BN-x30 seed beats every Inception seed": above("bn_x5", "inception")
+        and above("bn_x30", "inception"),
+        "every one of its seeds": above("bn_baseline_gain0.5", "inception")
+        and above("bn_baseline_gain0.5", "bn_baseline"),
+        "its best seed": max(seed_maxima("bn_baseline")) < rows["inception"]["max_top1_mean"],
+    }
+    for claim, holds in claims.items():
+        assert holds or claim not in text, claim
 
 
 # ---------------------------------------------------------------- Figure 1 on MNIST
