@@ -10,13 +10,11 @@ Exit statuses and one-line errors: bnrepro/errors.py.
 
 from __future__ import annotations
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
 from bnrepro.config import CONFIG_DIR, hydra_job, run_hydra_app
-from bnrepro.errors import EXIT_DIVERGED, require, user_errors_exit
+from bnrepro.errors import exit_diverged_after, require, user_errors_exit
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
@@ -38,11 +36,8 @@ def _ensemble_job(cfg: DictConfig) -> None:
 def bnrepro_train(argv: list[str] | None = None) -> None:
     """bnrepro-train [overrides]: see bnrepro/train.py and configs/train.yaml. A run that
     diverged unexpectedly makes the command exit EXIT_DIVERGED once every job has run."""
-    if loop := sys.modules.get("bnrepro.train"):
-        loop.UNEXPECTED_DIVERGENCE.clear()
-    run_hydra_app(_train_job, argv, "bnrepro-train")
-    if (loop := sys.modules.get("bnrepro.train")) and loop.UNEXPECTED_DIVERGENCE:
-        sys.exit(EXIT_DIVERGED)
+    with exit_diverged_after():
+        run_hydra_app(_train_job, argv, "bnrepro-train")
 
 
 def bnrepro_ensemble(argv: list[str] | None = None) -> None:

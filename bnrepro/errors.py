@@ -47,6 +47,21 @@ class Diverged(UserError):
     exit_status = EXIT_DIVERGED
 
 
+# Run folders of this process's jobs that diverged where trainer.expect_divergence was false
+# (train.train_job adds them); exit_diverged_after turns them into the command's exit status.
+UNEXPECTED_DIVERGENCE: list[str] = []
+
+
+@contextlib.contextmanager
+def exit_diverged_after() -> Iterator[None]:
+    """Run a training command's jobs, then exit EXIT_DIVERGED if any diverged unexpectedly: a job
+    itself returns, so a -m sweep runs every job first."""
+    UNEXPECTED_DIVERGENCE.clear()
+    yield
+    if UNEXPECTED_DIVERGENCE:
+        sys.exit(EXIT_DIVERGED)
+
+
 # The user's HYDRA_FULL_ERROR while a Hydra command runs (config.run_hydra_app sets Hydra's own
 # to 1 to see its errors); a SLURM job inherits both.
 FULL_ERROR_ENV = "BNREPRO_FULL_ERROR"

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ from bnrepro.checkpoint import Checkpointer, Progress
 from bnrepro.config import CONFIG_DIR, effective_lr, hydra_job, run_hydra_app
 from bnrepro.console import Console, Pace, bars_enabled, eval_line
 from bnrepro.data import skipped_files
-from bnrepro.errors import EXIT_DIVERGED, ConfigError
+from bnrepro.errors import UNEXPECTED_DIVERGENCE, ConfigError, exit_diverged_after
 from bnrepro.evaluation import bn_stats
 from bnrepro.metrics import topk_correct
 from bnrepro.monitor import Monitor, build_monitor
@@ -399,11 +398,6 @@ def finish(s: Session, *, preempted: bool, requeue: bool, diverged: str | None =
     return summary
 
 
-# Run folders of this process's jobs that diverged without trainer.expect_divergence: the command
-# exits EXIT_DIVERGED once every job has run (a job itself returns, so a -m sweep goes on).
-UNEXPECTED_DIVERGENCE: list[str] = []
-
-
 def train_job(cfg: DictConfig) -> None:
     """bnrepro-train's Hydra job: train in Hydra's run folder, recording the command line."""
     from hydra.core.hydra_config import HydraConfig
@@ -430,10 +424,8 @@ def main(argv: list[str] | None = None) -> None:
     its fast start. A preempted run exits 0 too: it has checkpointed and, under SLURM,
     requeued; a diverged one exits EXIT_DIVERGED unless trainer.expect_divergence; exit
     statuses: bnrepro/errors.py."""
-    UNEXPECTED_DIVERGENCE.clear()
-    run_hydra_app(_hydra_main, argv, "bnrepro-train")
-    if UNEXPECTED_DIVERGENCE:
-        sys.exit(EXIT_DIVERGED)
+    with exit_diverged_after():
+        run_hydra_app(_hydra_main, argv, "bnrepro-train")
 
 
 if __name__ == "__main__":
