@@ -10,6 +10,7 @@ hatch_build.py at build time (Docker: --build-arg BNREPRO_GIT_SHA=..., the build
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import platform
 import subprocess
@@ -100,3 +101,12 @@ def environment(device=None) -> dict:  # device: torch.device | None
     if device is not None:
         env["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return env
+
+
+def file_sha256(path: Path) -> str:
+    """A file's SHA-256, read in 1 MiB chunks (checkpoints are large): which file was used."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -23,7 +23,6 @@ Exit status 0 on success, 2 with a one-line message on bad input (bnrepro/errors
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from bnrepro import checkpoint
 from bnrepro.config import CONFIG_DIR
 from bnrepro.errors import EXIT_USER_ERROR, UserError
 from bnrepro.model import INCEPTION_TABLE, BNInception
-from bnrepro.provenance import git_sha
+from bnrepro.provenance import file_sha256, git_sha
 
 # bn_inception's keyword arguments that compute what the Caffe port computes (module docstring).
 CAFFE_KWARGS = {
@@ -187,7 +186,7 @@ def convert_file(source: Path, output: Path, *, force: bool = False) -> None:
         raise WeightsError(f"{source} is not a readable PyTorch state dict ({e})") from e
     if not isinstance(state_dict, dict):
         raise WeightsError(f"{source} holds a {type(state_dict).__name__}, not a state dict")
-    sha = hashlib.sha256(source.read_bytes()).hexdigest()
+    sha = file_sha256(source)
     checkpoint.save(output, converted_checkpoint(state_dict, source=f"{source.name} sha256:{sha}"))
     print(
         f"{output}: bn_inception with {CAFFE_KWARGS}; inputs RGB, mean/std {CAFFE_MEAN}/{CAFFE_STD}"

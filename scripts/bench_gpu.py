@@ -39,9 +39,9 @@ from bnrepro import train as T
 from bnrepro.config import compose
 from bnrepro.data import build_datasets
 from bnrepro.data.dali import DaliMissingError
+from bnrepro.data.loaders import DECODERS
 from bnrepro.evaluation import ensemble
 
-DECODERS = ("cpu", "gpu", "dali")
 DEVICE = torch.device("cuda")
 NEVER = 10**12  # images: no evaluation or checkpoint inside the timed windows
 

@@ -25,7 +25,6 @@ results.md (and probs.npz with save_probs=true) into the run folder; exit status
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import re
 import shutil
@@ -51,7 +50,7 @@ from bnrepro.evaluation.bn_stats import population_model
 from bnrepro.evaluation.crops import CROP_COUNTS, cut_crops
 from bnrepro.metrics import topk_correct
 from bnrepro.paper import FIGURE4
-from bnrepro.provenance import environment
+from bnrepro.provenance import environment, file_sha256
 from bnrepro.tracking import checkpoint_artifact, checkpoint_artifact_name, wandb_dir
 
 
@@ -598,14 +597,6 @@ def _write(results: dict, ev: Evaluation, members: list, classes, run_dir: Path,
             shutil.copy(f, out / f.name)
     print(_markdown(results))
     print(f"results: {files[0]}")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def member_artifact_name(member: Member) -> str:
