@@ -46,6 +46,9 @@ def run_hydra_app(app: Callable[[], None], argv: list[str] | None, program: str)
         sys.argv = [sys.argv[0], *argv]
     # Hydra prints its errors itself unless HYDRA_FULL_ERROR=1: set it for the app, so that its
     # errors come here; the user's own setting travels in FULL_ERROR_ENV (SLURM jobs inherit both).
+    # Both are restored afterwards: a later command started from this process (a test, a
+    # notebook) must see the user's HYDRA_FULL_ERROR, not this run's.
+    full_error_set_here = FULL_ERROR_ENV not in os.environ
     os.environ.setdefault(FULL_ERROR_ENV, os.environ.get("HYDRA_FULL_ERROR", ""))
     saved = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"
@@ -70,6 +73,8 @@ def run_hydra_app(app: Callable[[], None], argv: list[str] | None, program: str)
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
             os.environ["HYDRA_FULL_ERROR"] = saved
+        if full_error_set_here:
+            os.environ.pop(FULL_ERROR_ENV, None)
 
 
 @contextlib.contextmanager

@@ -68,6 +68,22 @@ def test_hydra_full_error_shows_the_traceback(tmp_path):
     assert out.returncode != 0 and "Traceback" in out.stderr and "ConfigError" in out.stderr
 
 
+def test_a_run_in_this_process_leaves_the_full_error_setting_as_it_found_it(monkeypatch):
+    """run_hydra_app sets FULL_ERROR_ENV while its app runs; left behind, it overrode a later
+    command's HYDRA_FULL_ERROR=1 (the test above failed after any in-process run)."""
+    import os
+
+    from bnrepro.config import run_hydra_app
+    from bnrepro.errors import FULL_ERROR_ENV
+
+    monkeypatch.delenv(FULL_ERROR_ENV, raising=False)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    seen = {}
+    run_hydra_app(lambda: seen.update(inside=os.environ.get(FULL_ERROR_ENV)), [], "bnrepro-test")
+    assert seen == {"inside": ""}  # the user's (unset) setting travels while the app runs
+    assert FULL_ERROR_ENV not in os.environ and "HYDRA_FULL_ERROR" not in os.environ
+
+
 @pytest.mark.slow
 def test_checkpoint_and_run_folder_errors_are_one_line(tiny_overrides, tmp_path):
     T.train(compose("train", [*tiny_overrides, "trainer.max_images=48"]))
