@@ -1,15 +1,16 @@
 """bnrepro: Ioffe & Szegedy (2015), Batch Normalization, reproduced on ImageNet.
 
-The package tree is the architecture (imports flow downwards):
-    cli.py          the bnrepro-* console commands: parse, then import what does the work
+The package tree is the architecture (imports flow downwards; docs/DESIGN.md):
+    cli.py          the bnrepro-* console commands and their one error path
     train.py        bnrepro-train: the training loop, one for every variant
     plan.py         bnrepro-plan: what a run will do and cost, before it is submitted
-    weights.py      bnrepro-convert: the public Caffe BN-Inception weights -> a checkpoint
     evaluation/     test-time crops, Algorithm 2, the ensemble (bnrepro-ensemble, bnrepro-bn-stats)
-    figures/        Figure 1 on MNIST, the Figures 2-4 report, the W&B dashboard
-    engine.py       what every entry point shares: runtime, builders, evaluate
-    model.py, data/, checkpoint.py, tracking.py, console.py, distributed.py, schedule.py,
-    monitor.py, metrics.py, config.py, schema.py, errors.py, provenance.py, paper.py: the core
+    figures/        Figure 1 on MNIST, the Figures 2-4 report, the W&B dashboard, the tables
+    engine.py       how tensors run: runtime, the training step, evaluation
+    builders.py     what a run is built from: data, model, optimizer, wrapping
+    model.py, weights.py, data/, checkpoint.py, tracking.py, console.py, distributed.py,
+    schedule.py, monitor.py, metrics.py, config.py, schema.py, errors.py, provenance.py,
+    paper.py: the core
 
 Importing the package registers `bn_inception` in timm's model registry, without importing torch
 or timm itself (seconds that `bnrepro-train --help` should not pay): if timm is already imported,

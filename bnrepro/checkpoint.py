@@ -1,24 +1,33 @@
-"""Checkpoints: the format, its assembly and restore, atomic save, validated load, and the run
-folder's files (newest valid to resume from, keep-last-K + best).
+"""The run folder and the checkpoint: the one owner of every file name in a run folder, of the
+checkpoint format (assembly, restore, atomic save, validated load) and of "checkpoint -> model".
+
+    folder = RunFolder("outputs/bn_x30_seed0")   # .checkpoints, .best, .metrics, .summary, ...
+    folder.newest()                              # the end of training: its newest ckpt_*.pt
+    find(["outputs/multirun/2026-..."], "last")  # files, globs, run folders, multirun folders
+    loaded = load_model("ckpt.pt")               # the network rebuilt with its own architecture
 
 Format "bnrepro-checkpoint/1" (docs/DESIGN.md): a torch.save'd dict that `torch.load(...,
 weights_only=True)` reads (the numpy RNG state is stored as a tensor), so loading one runs no code.
-Files: <run_dir>/checkpoints/ckpt_<images_seen:012d>.pt (the last `keep_last`) and best.pt.
+
+torch is imported inside the functions that read or write tensors: the plotting command
+(bnrepro-report) asks this module for the run folder's file names without paying for torch.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import random
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-
-from bnrepro.errors import UserError
+from bnrepro.errors import UserError, first_names
 from bnrepro.provenance import git_sha, version
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT = "bnrepro-checkpoint/1"
 
@@ -41,7 +50,7 @@ _MUST_MATCH = ("trainer.grad_accum",)
 
 
 class CheckpointError(UserError):
-    """A checkpoint that cannot be used for this run; the message says why and what to do."""
+    """A checkpoint or run folder that cannot be used; the message says why and what to do."""
 
 
 class CheckpointWriteError(CheckpointError):
@@ -60,8 +69,118 @@ class NonFiniteError(RuntimeError):
     """A model state holding NaN or infinity (a diverged run): never written, never evaluated."""
 
 
+# ---- the run folder --------------------------------------------------------------------------
+
+
+BEST = "best.pt"  # a run's best val top-1 so far
+
+
+def is_best(path: str | Path) -> bool:
+    """Is this a run's best.pt (picked on the val set during training)?"""
+    return Path(path).name == BEST
+
+
+class RunFolder:
+    """Every file of a training run's folder, by name (docs/DESIGN.md "Run folder"):
+
+    checkpoints/ckpt_<images_seen:012d>.pt   the last trainer.keep_last periodic ones
+    checkpoints/best.pt                      the best val top-1 so far
+    metrics.jsonl  summary.json  config.yaml  overrides.yaml  train.log
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.checkpoints = self.path / "checkpoints"
+        self.best = self.checkpoints / BEST
+        self.metrics = self.path / "metrics.jsonl"
+        self.summary = self.path / "summary.json"
+        self.config = self.path / "config.yaml"
+        self.overrides = self.path / "overrides.yaml"
+        self.log = self.path / "train.log"
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    def periodic(self, images_seen: int) -> Path:
+        """The periodic checkpoint written at `images_seen` (zero-padded: name order = age)."""
+        return self.checkpoints / f"ckpt_{images_seen:012d}.pt"
+
+    def periodic_checkpoints(self) -> list[Path]:
+        """The periodic checkpoints, oldest first."""
+        return sorted(self.checkpoints.glob("ckpt_*.pt"))
+
+    def newest(self) -> Path | None:
+        """The newest periodic checkpoint (the end of training), unread; None if there is none."""
+        found = self.periodic_checkpoints()
+        return found[-1] if found else None
+
+    def holds_checkpoints(self) -> bool:
+        return self.checkpoints.is_dir()
+
+    @staticmethod
+    def below(root: str | Path, having: str = "checkpoints") -> list[RunFolder]:
+        """The run folders at or below `root` that hold their `having` ("checkpoints": a folder
+        of checkpoints; "metrics": a metrics file, a run that has logged), sorted."""
+        root = Path(root)
+        name = getattr(RunFolder(root), having).name
+        if (root / name).exists():
+            return [RunFolder(root)]
+        return [RunFolder(p.parent) for p in sorted(root.rglob(name))]
+
+
+def find(specs: str | list[str], which: str = "last") -> list[Path]:
+    """Checkpoint files from files, globs, run folders (their newest ckpt_*.pt, or best.pt with
+    which="best"), folders holding run folders (a training multirun) and folders of .pt files."""
+    specs = [specs] if isinstance(specs, str) else list(specs)
+    if not specs:
+        raise CheckpointError("checkpoints is empty: give files, folders or globs")
+    found = []
+    for spec in map(str, specs):
+        paths = sorted(glob.glob(spec)) if glob.has_magic(spec) else [spec]
+        if not paths:
+            raise CheckpointError(f"checkpoints: {spec!r} matches no file or folder")
+        for path in map(Path, paths):
+            found += _expand(path, which)
+    duplicates = sorted({str(p) for p in found if found.count(p) > 1})
+    if duplicates:
+        raise CheckpointError(f"checkpoints lists the same file twice: {', '.join(duplicates)}")
+    return found
+
+
+def _expand(path: Path, which: str) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist: check the path")
+    runs = RunFolder.below(path)
+    if runs:  # a run folder, or a multirun folder: one checkpoint per run
+        return [_run_checkpoint(run, which) for run in runs]
+    files = sorted(path.glob("*.pt"))
+    if not files:
+        raise CheckpointError(f"folder {path} holds no .pt file and no run folder")
+    return files
+
+
+def _run_checkpoint(run: RunFolder, which: str) -> Path:
+    """A run's newest checkpoint (which="last": the end of training) or its best.pt (which="best":
+    the best single-crop val top-1 during training, so selected on the val set)."""
+    path = {"last": run.newest, "best": lambda: run.best if run.best.is_file() else None}[which]()
+    if path is None and which == "best":
+        raise CheckpointError(f"run folder {run.path} has no {BEST}: use member_checkpoint=last")
+    if path is None:
+        raise CheckpointError(
+            f"run folder {run.path} has no checkpoint yet (nothing in {run.checkpoints})"
+        )
+    return path
+
+
+# ---- the format --------------------------------------------------------------------------------
+
+
 def nonfinite_tensors(state: dict) -> list[str]:
     """The names of a state dict's floating tensors that hold a NaN or an infinity."""
+    import torch
+
     return [
         name
         for name, tensor in state.items()
@@ -71,7 +190,7 @@ def nonfinite_tensors(state: dict) -> list[str]:
 
 @dataclass
 class Progress:
-    """Where a run is; saved in every checkpoint."""
+    """Where a run is, everything the loop advances: saved in every checkpoint."""
 
     images_seen: int = 0
     step: int = 0
@@ -79,6 +198,9 @@ class Progress:
     images_in_epoch: int = 0  # of the epoch's global order, over all ranks (data/sampler.py)
     best: dict = field(default_factory=lambda: {"val/top1": 0.0, "val/top5": 0.0})
     steps_to_target: float | None = None  # paper steps at the first val/top1 >= target
+    metrics: dict = field(default_factory=dict)  # the last evaluation's val/* (val_popstats/*)
+    last_eval: int = -1  # images_seen of that evaluation (-1: none yet)
+    last_save: int = -1  # images_seen of the last periodic checkpoint (-1: none in this process)
 
 
 def assemble(
@@ -92,10 +214,9 @@ def assemble(
     classes: list[str],
     config: dict,
     wandb_run_id: str | None,
-    metrics: dict,
 ) -> dict:
     """The checkpoint dict of docs/DESIGN.md. `model` is the unwrapped module (no DDP or compile
-    prefixes); `metrics` is the last eval with the images_seen it was made at."""
+    prefixes)."""
     return {
         "format": FORMAT,
         "arch": arch,
@@ -113,7 +234,7 @@ def assemble(
         "git_sha": git_sha(),
         "bnrepro_version": version(),
         "wandb_run_id": wandb_run_id,
-        "metrics": metrics,
+        "metrics": dict(progress.metrics, images_seen=progress.last_eval),  # the last eval, when
     }
 
 
@@ -134,6 +255,7 @@ def restore(
         scaler.load_state_dict(ckpt["scaler"])
     set_rng_state(ckpt["rng"])
     best = dict(ckpt["best"])
+    metrics = dict(ckpt.get("metrics") or {})
     return Progress(
         images_seen=ckpt["images_seen"],
         step=ckpt["step"],
@@ -141,6 +263,9 @@ def restore(
         images_in_epoch=images_in_epoch,
         steps_to_target=best.pop("steps_to_target", None),
         best=best,
+        last_eval=metrics.pop("images_seen", -1),
+        metrics=metrics,
+        last_save=ckpt["images_seen"],
     )
 
 
@@ -166,6 +291,9 @@ def _images_in_epoch(ckpt: dict) -> int:
 
 
 def rng_state() -> dict:
+    import numpy as np
+    import torch
+
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     return {
         "python": random.getstate(),
@@ -176,6 +304,9 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    import numpy as np
+    import torch
+
     random.setstate(state["python"])
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
@@ -187,13 +318,14 @@ def set_rng_state(state: dict) -> None:
 def save(path: Path, ckpt: dict) -> None:
     """Write atomically: a reader (or a preempted job) sees the old file or the new, never half.
     A failed write (full disk, I/O error) removes its temp file, leaves every earlier checkpoint
-    as it was and raises CheckpointWriteError. Refuses (NonFiniteError) a model state with a NaN or an infinity: a diverged run leaves its
-    last finite checkpoint as the newest one."""
+    as it was and raises CheckpointWriteError. Refuses (NonFiniteError) a model state with a NaN
+    or an infinity: a diverged run leaves its last finite checkpoint as the newest one."""
+    import torch
+
     bad = nonfinite_tensors(ckpt.get("model") or {})
     if bad:
         raise NonFiniteError(
-            f"refusing to write {path}: non-finite model state in {', '.join(bad[:3])}"
-            + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            f"refusing to write {path}: non-finite model state in {first_names(bad)}"
         )
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -210,6 +342,8 @@ def save(path: Path, ckpt: dict) -> None:
 
 def load(path: str | Path) -> dict:
     """Read and validate one checkpoint; CheckpointError if unreadable, truncated or foreign."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist: check the path")
@@ -233,6 +367,88 @@ def input_normalization(ckpt: dict) -> tuple[list[float], list[float]] | None:
     if "mean" not in data or "std" not in data:
         return None
     return [float(x) for x in data["mean"]], [float(x) for x in data["std"]]
+
+
+# ---- checkpoint -> model -------------------------------------------------------------------
+
+
+@dataclass
+class Loaded:
+    """A checkpoint's network, rebuilt on the CPU in eval mode, and what it says about itself."""
+
+    path: Path
+    model: torch.nn.Module
+    arch: dict  # {"name", "kwargs"}: timm.create_model(name, **kwargs)
+    classes: list[str]
+    config: dict  # the resolved training config ({} if it has none)
+    images_seen: int | None
+    normalization: tuple[list[float], list[float]] | None  # its inputs' mean, std
+    wandb_run_id: str | None  # the training run's: its checkpoints' artifact model-<id>
+
+    @property
+    def in_chans(self) -> int | None:
+        return self.arch["kwargs"].get("in_chans")
+
+
+def load_model(path: str | Path) -> Loaded:
+    """Load a checkpoint and rebuild its network with timm from its own architecture; refuses
+    (CheckpointError) an unknown architecture, a class list that does not match the classifier,
+    non-finite weights, or weights that do not fit."""
+    import timm
+
+    import bnrepro  # noqa: F401  (registers bn_inception with timm)
+
+    path = Path(path)
+    ckpt = load(path)
+    arch = ckpt.get("arch") or {}
+    if not timm.is_model(arch.get("name")):
+        raise CheckpointError(
+            f"checkpoint {path} has architecture {arch.get('name')!r}, which is not in timm's "
+            "registry: import the module that registers it, or drop this checkpoint"
+        )
+    classes = list(ckpt.get("classes") or [])
+    num_classes = arch.get("kwargs", {}).get("num_classes")
+    if num_classes != len(classes):
+        raise CheckpointError(
+            f"checkpoint {path} has num_classes={num_classes} but a class list of "
+            f"{len(classes)}: it is damaged, retrain or drop it"
+        )
+    bad = nonfinite_tensors(ckpt["model"])
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {path} holds non-finite weights ({first_names(bad)}): its run "
+            "diverged; drop it, or use the run's last finite checkpoint"
+        )
+    model = timm.create_model(arch["name"], **arch["kwargs"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {path}: weights do not fit {arch['name']}: {e}") from e
+    config = ckpt.get("config") or {}
+    return Loaded(
+        path=path,
+        model=model.eval(),
+        arch=arch,
+        classes=classes,
+        config=config,
+        images_seen=ckpt.get("images_seen"),
+        normalization=input_normalization(ckpt),
+        wandb_run_id=ckpt.get("wandb_run_id"),
+    )
+
+
+def read_if_checkpoint(path: str | Path) -> dict | None:
+    """The checkpoint at `path` if it is a bnrepro checkpoint, None for any other readable file
+    (timm then loads it as a plain state dict); CheckpointError for a missing or corrupt one."""
+    import torch
+
+    try:
+        data = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError as e:
+        raise CheckpointError(f"checkpoint {path} does not exist: check the path") from e
+    except Exception as e:  # torch raises several types for a truncated zip / pickle
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e})") from e
+    return data if isinstance(data, dict) and data.get("format") == FORMAT else None
 
 
 def check_compatible(ckpt: dict, arch: dict, classes: list[str], path: str | Path) -> None:
@@ -284,26 +500,20 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+# ---- a run's checkpoints -------------------------------------------------------------------
+
+
 class Checkpointer:
-    """Writes ckpt_<images>.pt (the loop decides when), keeps the last `keep_last` plus best.pt,
-    and finds the newest valid checkpoint of a run folder to resume from."""
+    """Writes a run folder's checkpoints (the loop decides when), keeps the last `keep_last`
+    plus best.pt, and finds the checkpoint a run resumes from."""
 
-    def __init__(self, run_dir: Path, *, keep_last: int) -> None:
-        if keep_last < 1:
-            raise ValueError(f"trainer.keep_last must be >= 1, got {keep_last}")
-        self.dir = Path(run_dir) / "checkpoints"
+    def __init__(self, folder: RunFolder, *, keep_last: int) -> None:
+        self.folder = folder
         self.keep_last = keep_last
-
-    def path(self, images_seen: int) -> Path:
-        return self.dir / f"ckpt_{images_seen:012d}.pt"
-
-    def existing(self) -> list[Path]:
-        """Periodic checkpoints, oldest first."""
-        return sorted(self.dir.glob("ckpt_*.pt"))
 
     def newest_valid(self) -> tuple[Path, dict] | None:
         """The newest checkpoint that loads; unreadable ones are reported and skipped."""
-        for path in reversed(self.existing()):
+        for path in reversed(self.folder.periodic_checkpoints()):
             try:
                 return path, load(path)
             except CheckpointError as e:
@@ -323,8 +533,8 @@ class Checkpointer:
             diff = config_diff(ckpt["config"], config)
             if diff:
                 raise CheckpointError(
-                    f"run folder {self.dir.parent} holds a run with another config (differs in: "
-                    f"{', '.join(diff)}). Use another out_dir or seed for a new run, or "
+                    f"run folder {self.folder.path} holds a run with another config (differs "
+                    f"in: {', '.join(diff)}). Use another out_dir or seed for a new run, or "
                     f"trainer.resume={path} to continue that checkpoint with this config."
                 )
         else:
@@ -332,23 +542,29 @@ class Checkpointer:
         check_compatible(ckpt, arch, classes, path)
         return ckpt
 
-    def save(self, ckpt: dict, *, periodic: bool, best: bool) -> None:
-        """periodic: write ckpt_<images>.pt and prune to the last keep_last; best: best.pt."""
+    def save(self, ckpt: dict, *, periodic: bool, best: bool) -> list[Path]:
+        """periodic: write ckpt_<images>.pt and prune to the last keep_last; best: best.pt.
+        Returns the files written."""
+        written = []
         if periodic:
-            path = self.path(ckpt["images_seen"])
+            path = self.folder.periodic(ckpt["images_seen"])
             save(path, ckpt)
+            written.append(path)
             # Prune older ones only: a newer file can be a corrupt one skipped at resume time.
-            older = [p for p in self.existing() if p.name <= path.name]
+            older = [p for p in self.folder.periodic_checkpoints() if p.name <= path.name]
             for old in older[: -self.keep_last]:
                 old.unlink()
         if best and periodic:  # a hard link: no second write; pruning ckpt_* leaves best.pt intact
-            tmp = self.dir / "best.pt.tmp"
+            tmp = self.folder.best.with_name(self.folder.best.name + ".tmp")
             try:
                 tmp.unlink(missing_ok=True)
                 os.link(path, tmp)
-                os.replace(tmp, self.dir / "best.pt")
+                os.replace(tmp, self.folder.best)
             except OSError as err:
                 tmp.unlink(missing_ok=True)
-                raise CheckpointWriteError(self.dir / "best.pt", err) from err
+                raise CheckpointWriteError(self.folder.best, err) from err
         elif best:
-            save(self.dir / "best.pt", ckpt)
+            save(self.folder.best, ckpt)
+        if best:
+            written.append(self.folder.best)
+        return written

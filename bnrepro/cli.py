@@ -1,107 +1,222 @@
-"""The Hydra commands' entry points, light on purpose: `bnrepro-train --help`, `--cfg job` and
-shell completion (`bnrepro-train --shell-completion install=bash`) need Hydra and the YAML only,
-so torch, timm and the training loop are imported once a job actually starts.
+"""Every bnrepro-* command: its entry point and its one error path.
 
-    bnrepro-train [overrides]       -> bnrepro.train.train_job   (python -m bnrepro.train: the same)
-    bnrepro-ensemble [overrides]    -> bnrepro.evaluation.ensemble.ensemble_job
+    bnrepro-train [overrides]        Hydra app (configs/train.yaml)    -> bnrepro.train.train
+    bnrepro-ensemble [overrides]     Hydra app (configs/ensemble.yaml) -> bnrepro.evaluation.ensemble
+    bnrepro-plan [-m] [overrides]    configs/plan.yaml, Hydra's sweep syntax -> bnrepro.plan
+    bnrepro-report, -fig1, -dashboard, -synthetic, -bn-stats, -convert: argparse, main(argv)
+    python -m bnrepro.train [overrides]   (torchrun) = bnrepro-train
 
-Exit statuses and one-line errors: bnrepro/errors.py.
+Light on purpose: `--help`, `--cfg job` and shell completion need Hydra and the YAML only, so
+torch, timm and the training loop are imported once a job actually starts.
+
+The one error path (bnrepro/errors.py): a CommandError (a UserError: bad config, data,
+checkpoint, run folder, missing extra; or Diverged) ends the command with one line,
+`<command>: error: <message>`, and its exit status; Hydra's own refusals (an unknown key, a
+missing config file, an override that does not parse) too. Anything else is a bug and keeps its
+traceback; HYDRA_FULL_ERROR=1 keeps every traceback. No other module prints and exits.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import os
+import sys
+from collections.abc import Callable, Iterator
+
 import hydra
 from omegaconf import DictConfig
 
-from bnrepro.config import CONFIG_DIR, hydra_job, run_hydra_app
-from bnrepro.errors import exit_diverged_after, require, user_errors_exit
+from bnrepro.config import CONFIG_DIR, composition_error
+from bnrepro.errors import (
+    EXIT_USER_ERROR,
+    FULL_ERROR_ENV,
+    CommandError,
+    ConfigError,
+    full_error,
+    one_line,
+    require,
+)
+
+
+def report(program: str, error: BaseException) -> None:
+    """Print `<program>: error: <message>` to stderr (flushed: the line must reach a SLURM log)."""
+    print(f"{program}: error: {one_line(error)}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def command_errors(program: str) -> Iterator[None]:
+    """Inside: a CommandError ends the process with one line (unless its job printed it already)
+    and its exit status; anything else keeps its traceback."""
+    try:
+        yield
+    except CommandError as e:
+        if full_error():
+            raise
+        if not e.reported:
+            report(program, e)
+        raise SystemExit(e.exit_status) from None
+
+
+def run_hydra_app(
+    app: Callable[[], None], argv: list[str] | None, program: str, config_name: str
+) -> None:
+    """Run a @hydra.main function on `argv` (the command line after the program name; None =
+    the process's own), ending a CommandError from the job (see `job`) or a refusal of Hydra's
+    own in one line."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    # Hydra prints its errors itself unless HYDRA_FULL_ERROR=1: set it for the app, so that its
+    # errors come here; the user's own setting travels in FULL_ERROR_ENV (SLURM jobs inherit both).
+    # Both are restored afterwards: a later command started from this process (a test, a
+    # notebook) must see the user's HYDRA_FULL_ERROR, not this run's.
+    full_error_set_here = FULL_ERROR_ENV not in os.environ
+    os.environ.setdefault(FULL_ERROR_ENV, os.environ.get("HYDRA_FULL_ERROR", ""))
+    saved = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        with command_errors(program):
+            app()
+    except (HydraException, OmegaConfBaseException) as e:  # composing the config failed
+        if full_error() or getattr(e, "in_job", False):
+            raise  # raised by the job's code: a bug
+        message = composition_error(e, config_name)
+        print(f"{program}: error: {message}. `{program} --help` lists the config groups, "
+              f"`{program} --cfg job` prints the config", file=sys.stderr, flush=True)  # fmt: skip
+        raise SystemExit(EXIT_USER_ERROR) from None
+    finally:
+        if saved is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved
+        if full_error_set_here:
+            os.environ.pop(FULL_ERROR_ENV, None)
+
+
+@contextlib.contextmanager
+def job(program: str, cfg: DictConfig, config_name: str) -> Iterator[None]:
+    """Around the body of a @hydra.main function: check the composed config before the job does
+    anything; end a CommandError in one line and its exit status (here: around the job, Hydra
+    would add lines of its own). In a multirun a failing job prints its line when it fails and
+    raises on, so Hydra's launcher goes on to the next job and the command still exits with the
+    status of the first failure (run_hydra_app)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from bnrepro.schema import SCHEMAS, check
+
+    try:
+        check(cfg, SCHEMAS[config_name])
+        yield
+    except CommandError as e:
+        if full_error():
+            raise
+        report(program, e)
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            raise SystemExit(e.exit_status) from None
+        e.reported = True
+        raise
+    except Exception as e:
+        with contextlib.suppress(AttributeError):  # an exception type without a __dict__
+            e.in_job = True  # the code's, whatever its type: not a composition error
+        raise
+
+
+def hydra_run_dir() -> str:
+    """The run folder Hydra gave this job (hydra.run.dir, or the sweep's job folder)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().runtime.output_dir
+
+
+def hydra_overrides() -> list[str]:
+    """This job's command-line overrides, as Hydra records them."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task)
+
+
+# ---- the Hydra commands --------------------------------------------------------------------
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
-def _train_job(cfg: DictConfig) -> None:
-    with hydra_job("bnrepro-train", cfg, "train"):
+def _train(cfg: DictConfig) -> None:
+    with job("bnrepro-train", cfg, "train"):
         from bnrepro.train import train_job
 
-        train_job(cfg)
+        summary = train_job(cfg, hydra_run_dir(), hydra_overrides())
+        if summary["requeued"]:
+            # Leave without returning a result: under hydra-submitit-launcher a returned result
+            # would mark the job done, and the launcher would stop waiting for its requeued
+            # continuation.
+            raise SystemExit(0)
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="ensemble", version_base="1.3")
-def _ensemble_job(cfg: DictConfig) -> None:
-    with hydra_job("bnrepro-ensemble", cfg, "ensemble"):
-        from bnrepro.evaluation.ensemble import ensemble_job
+def _ensemble(cfg: DictConfig) -> None:
+    with job("bnrepro-ensemble", cfg, "ensemble"):
+        from bnrepro.evaluation.ensemble import evaluate_ensemble
 
-        ensemble_job(cfg)
+        evaluate_ensemble(cfg, hydra_run_dir())
 
 
 def bnrepro_train(argv: list[str] | None = None) -> None:
     """bnrepro-train [overrides]: see bnrepro/train.py and configs/train.yaml. A run that
-    diverged unexpectedly makes the command exit EXIT_DIVERGED once every job has run."""
-    with exit_diverged_after():
-        run_hydra_app(_train_job, argv, "bnrepro-train")
+    diverged unexpectedly makes the command exit EXIT_DIVERGED (in a -m sweep once every job
+    has run)."""
+    run_hydra_app(_train, argv, "bnrepro-train", "train")
 
 
 def bnrepro_ensemble(argv: list[str] | None = None) -> None:
     """bnrepro-ensemble [overrides]: see bnrepro/evaluation/ensemble.py, configs/ensemble.yaml."""
-    run_hydra_app(_ensemble_job, argv, "bnrepro-ensemble")
-
-
-# ---- the argparse commands: a missing optional dependency or a UserError ends in one line -----
-
-
-def bnrepro_report(argv: list[str] | None = None) -> None:
-    """bnrepro-report: Figures 2-3 from run folders (bnrepro/figures/report.py)."""
-    with user_errors_exit("bnrepro-report"):
-        require("matplotlib", "figures", "bnrepro-report")
-        require("pandas", "figures", "bnrepro-report")
-        from bnrepro.figures import report
-
-        report.main(argv)
-
-
-def bnrepro_fig1(argv: list[str] | None = None) -> None:
-    """bnrepro-fig1: Figure 1 on MNIST (bnrepro/figures/fig1.py)."""
-    with user_errors_exit("bnrepro-fig1"):
-        require("matplotlib", "figures", "bnrepro-fig1")
-        from bnrepro.figures import fig1
-
-        fig1.main(argv)
-
-
-def bnrepro_dashboard(argv: list[str] | None = None) -> None:
-    """bnrepro-dashboard: the W&B report of the five variants (bnrepro/figures/dashboard.py)."""
-    with user_errors_exit("bnrepro-dashboard"):
-        from bnrepro.figures import dashboard
-
-        dashboard.main(argv)
-
-
-def bnrepro_synthetic(argv: list[str] | None = None) -> None:
-    """bnrepro-synthetic: the synthetic ImageNet-shaped tree (bnrepro/data/synthetic.py)."""
-    with user_errors_exit("bnrepro-synthetic"):
-        from bnrepro.data import synthetic
-
-        synthetic.main(argv)
-
-
-def bnrepro_bn_stats(argv: list[str] | None = None) -> None:
-    """bnrepro-bn-stats: Algorithm 2 on a checkpoint (bnrepro/evaluation/bn_stats.py)."""
-    with user_errors_exit("bnrepro-bn-stats"):
-        from bnrepro.evaluation import bn_stats
-
-        bn_stats.main(argv)
-
-
-def bnrepro_convert(argv: list[str] | None = None) -> None:
-    """bnrepro-convert: the public Caffe BN-Inception weights -> a checkpoint (bnrepro/weights.py)."""
-    with user_errors_exit("bnrepro-convert"):
-        from bnrepro import weights
-
-        weights.main(argv)
+    run_hydra_app(_ensemble, argv, "bnrepro-ensemble", "ensemble")
 
 
 def bnrepro_plan(argv: list[str] | None = None) -> None:
-    """bnrepro-plan: what a run will cost before it starts (bnrepro/plan.py)."""
-    with user_errors_exit("bnrepro-plan"):
+    """bnrepro-plan [-m] [overrides]: what a run will cost before it starts (bnrepro/plan.py)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    with command_errors("bnrepro-plan"):
         from bnrepro import plan
 
-        plan.main(argv)
+        if {"-h", "--help"} & set(argv):
+            print(plan.__doc__)
+            return
+        multirun = bool({"-m", "--multirun"} & set(argv))
+        overrides = [a for a in argv if a not in ("-m", "--multirun")]
+        unknown = [a for a in overrides if a.startswith("-")]
+        if unknown:
+            raise ConfigError(f"unknown option {unknown[0]}: bnrepro-plan takes -m, --help and "
+                              "overrides (bnrepro-train's and plan.*)")  # fmt: skip
+        plan.print_plans(overrides, multirun=multirun)
+
+
+# ---- the argparse commands: <module>.main(argv) under the one error path --------------------
+
+
+def _argparse_command(program: str, module: str, needs: tuple[str, ...] = (), extra: str = ""):
+    """The console script `program`: import `module` (after the optional packages it `needs`,
+    from the `extra`) only when it runs, then its main(argv)."""
+
+    def command(argv: list[str] | None = None) -> None:
+        with command_errors(program):
+            for package in needs:
+                require(package, extra, program)
+            importlib.import_module(module).main(argv)
+
+    command.__doc__ = f"{program}: see {module.replace('.', '/')}.py"
+    return command
+
+
+bnrepro_report = _argparse_command(  # Figures 2-4 from run folders
+    "bnrepro-report", "bnrepro.figures.report", ("matplotlib", "pandas"), "figures"
+)
+bnrepro_fig1 = _argparse_command(  # Figure 1 on MNIST
+    "bnrepro-fig1", "bnrepro.figures.fig1", ("matplotlib",), "figures"
+)
+bnrepro_dashboard = _argparse_command("bnrepro-dashboard", "bnrepro.figures.dashboard")
+bnrepro_synthetic = _argparse_command("bnrepro-synthetic", "bnrepro.data.synthetic")
+bnrepro_bn_stats = _argparse_command("bnrepro-bn-stats", "bnrepro.evaluation.bn_stats")
+bnrepro_convert = _argparse_command("bnrepro-convert", "bnrepro.weights")  # the Caffe weights

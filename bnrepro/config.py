@@ -1,20 +1,23 @@
-"""Where the YAML lives, and the quantities derived from a composed config.
+"""Where the YAML lives, the one way to get a checked config, and the quantities derived from it.
 
 The YAML is in the repository's top-level `configs/`; an installed wheel carries the same files
 as `bnrepro/configs/`. `CONFIG_DIR` is whichever exists, so Hydra apps work both ways.
+
+    cfg = compose_checked("train", ["experiment=bn_x5", "optim.lr=0.01"])  # composed, checked
+    runs = sweep(["experiment=inception,bn_x5", "optim.lr=choice(0.01,0.1)"])  # Hydra's -m syntax
+
+Every command that reads a config gets it checked (bnrepro/schema.py): the Hydra commands right
+after composition (cli.py), `compose_checked` for the rest (bnrepro-plan, bnrepro-dashboard, tests).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
-from collections.abc import Callable, Iterator
+import signal
 from pathlib import Path
 
 from omegaconf import DictConfig
 
-from bnrepro.errors import EXIT_USER_ERROR, FULL_ERROR_ENV, UserError, full_error, one_line, report
+from bnrepro.errors import ConfigError, one_line
 from bnrepro.paper import PAPER_BATCH
 
 _PKG = Path(__file__).resolve().parent
@@ -22,7 +25,8 @@ CONFIG_DIR = str(_PKG / "configs" if (_PKG / "configs").is_dir() else _PKG.paren
 
 
 def compose(config_name: str = "train", overrides: list[str] | None = None) -> DictConfig:
-    """The config a Hydra app would get, for tests and notebooks (no run folder is made)."""
+    """The config a Hydra app would get, unchecked (tests that build wrong configs on purpose);
+    no run folder is made. `compose_checked` is the checked one."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
@@ -30,79 +34,70 @@ def compose(config_name: str = "train", overrides: list[str] | None = None) -> D
         return hydra_compose(config_name, overrides=overrides or [], return_hydra_config=False)
 
 
-def run_hydra_app(app: Callable[[], None], argv: list[str] | None, program: str) -> None:
-    """Run a @hydra.main function on `argv` (the command line after the program name; None =
-    the process's own): what every Hydra command's main(argv) does.
-
-    A user error ends in one line and its exit status (bnrepro/errors.py): a UserError from the
-    job (see `hydra_job`) and Hydra's own refusals (an unknown key, a missing config file, an
-    override that does not parse), which Hydra would print over several lines. Anything else is
-    a bug and keeps its traceback. HYDRA_FULL_ERROR=1 keeps every traceback.
-    """
+def compose_checked(config_name: str = "train", overrides: list[str] | None = None) -> DictConfig:
+    """The composed config of configs/<config_name>.yaml with `overrides`, checked against its
+    schema; ConfigError naming the key otherwise, or saying why Hydra could not compose it (an
+    unknown key or option, an override that does not parse)."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    if argv is not None:
-        sys.argv = [sys.argv[0], *argv]
-    # Hydra prints its errors itself unless HYDRA_FULL_ERROR=1: set it for the app, so that its
-    # errors come here; the user's own setting travels in FULL_ERROR_ENV (SLURM jobs inherit both).
-    # Both are restored afterwards: a later command started from this process (a test, a
-    # notebook) must see the user's HYDRA_FULL_ERROR, not this run's.
-    full_error_set_here = FULL_ERROR_ENV not in os.environ
-    os.environ.setdefault(FULL_ERROR_ENV, os.environ.get("HYDRA_FULL_ERROR", ""))
-    saved = os.environ.get("HYDRA_FULL_ERROR")
-    os.environ["HYDRA_FULL_ERROR"] = "1"
-    try:
-        app()
-    except UserError as e:
-        if full_error():
-            raise
-        if not getattr(e, "reported", False):
-            report(program, e)
-        raise SystemExit(e.exit_status) from None
-    except (HydraException, OmegaConfBaseException) as e:  # composing the config failed
-        if full_error() or getattr(e, "in_job", False):
-            raise  # raised by the job's code: a bug
-        cause = f" ({one_line(e.__cause__)})" if e.__cause__ is not None else ""
-        message = one_line(e).split(" | Config search path:")[0]  # where Hydra looked: noise
-        print(f"{program}: error: {message}{cause}. `{program} --help` lists the config "
-              f"groups, `{program} --cfg job` prints the config", file=sys.stderr, flush=True)  # fmt: skip
-        raise SystemExit(EXIT_USER_ERROR) from None
-    finally:
-        if saved is None:
-            os.environ.pop("HYDRA_FULL_ERROR", None)
-        else:
-            os.environ["HYDRA_FULL_ERROR"] = saved
-        if full_error_set_here:
-            os.environ.pop(FULL_ERROR_ENV, None)
-
-
-@contextlib.contextmanager
-def hydra_job(program: str, cfg: DictConfig, config_name: str) -> Iterator[None]:
-    """Around the body of a @hydra.main function: check the composed config's types before the
-    job does anything, and end a UserError in one line with its exit status. In a multirun the
-    error is printed when its run fails and raised on, so Hydra's launcher goes on to the next run
-    and the command still exits with the status of the first failure (run_hydra_app)."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    from bnrepro.schema import SCHEMAS, check_types
+    from bnrepro.schema import SCHEMAS, check
 
     try:
-        check_types(cfg, SCHEMAS[config_name])
-        yield
-    except UserError as e:
-        if full_error():
-            raise
-        report(program, e)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            e.reported = True
-            raise
-        raise SystemExit(e.exit_status) from None
-    except Exception as e:
-        with contextlib.suppress(AttributeError):  # an exception type without a __dict__
-            e.in_job = True  # the code's, whatever its type: not a composition error
-        raise
+        cfg = compose(config_name, overrides)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(composition_error(e, config_name)) from e
+    check(cfg, SCHEMAS[config_name])
+    return cfg
+
+
+def composition_error(error: Exception, config_name: str) -> str:
+    """Hydra's refusal to compose, on one line: where it looked is dropped (noise), and an unknown
+    key gets the nearest known one ("did you mean")."""
+    import re
+
+    from bnrepro.schema import SCHEMAS, did_you_mean
+
+    cause = f" ({one_line(error.__cause__)})" if error.__cause__ is not None else ""
+    message = one_line(error).split(" | Config search path:")[0] + cause
+    unknown = re.match(r"Could not override '([\w.]+)'", message)
+    if unknown:  # Hydra's advice, "+key=value", would only meet the schema's refusal
+        key = unknown.group(1)
+        return f"{key} is not a config key{did_you_mean(key, SCHEMAS[config_name])}"
+    return message
+
+
+def sweep(overrides: list[str]) -> list[list[str]]:
+    """Every combination of a -m command line's sweeps, as Hydra's basic sweeper makes them:
+    `a=1,2`, `a=choice(1,2)`, `a=range(1,3)`, `a=glob(*)` (against nothing: literal), quoting and
+    brackets as Hydra parses them."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    (batch,) = BasicSweeper.split_arguments(parsed, max_batch_size=None)
+    return batch
+
+
+def check_run(cfg: DictConfig) -> None:
+    """A training config's checks between keys, whose messages name the fix (each key's own type
+    and range were checked when it was composed: bnrepro/schema.py). bnrepro-train runs them at
+    start-up, bnrepro-plan before it plans."""
+    t = cfg.trainer
+    if t.pop_stats_batches and not (cfg.model.batch_norm or cfg.model.head_bn):
+        raise ConfigError("trainer.pop_stats_batches needs a BN network: set model.batch_norm=true")
+    if "member" in cfg and cfg.member not in range(len(cfg.members)):  # bn_x30_ensemble's table
+        raise ConfigError(
+            f"member={cfg.member!r} is no row of the ensemble's members table: use 0-"
+            f"{len(cfg.members) - 1} (configs/experiment/{cfg.experiment_name}.yaml)"
+        )
+    if not hasattr(signal, f"SIG{t.preempt_signal.removeprefix('SIG')}"):
+        raise ConfigError(f"trainer.preempt_signal={t.preempt_signal!r} is no signal (e.g. USR2)")
+
+
+def global_batch(batch_size: int, processes: int, grad_accum: int) -> int:
+    """Images per optimizer step: data.batch_size per process x processes x trainer.grad_accum."""
+    return batch_size * processes * grad_accum
 
 
 def effective_lr(lr: float, global_batch: int) -> float:

@@ -22,8 +22,6 @@ from tqdm import tqdm
 
 from bnrepro.paper import PAPER_BATCH
 
-LOG_NAME = "train.log"
-
 
 def bars_enabled(progress: bool, is_main: bool) -> bool:
     """Progress bars: asked for (runtime.progress), rank 0, and a terminal to draw on."""
@@ -31,11 +29,12 @@ def bars_enabled(progress: bool, is_main: bool) -> bool:
 
 
 class Console:
-    """Rank 0's lines: to stdout (above a progress bar, if one is drawn) and to train.log."""
+    """Rank 0's lines: to stdout (above a progress bar, if one is drawn) and to `log` (a run
+    folder's train.log), if given."""
 
-    def __init__(self, run_dir: Path | None, *, enabled: bool) -> None:
+    def __init__(self, log: Path | None, *, enabled: bool) -> None:
         self.enabled = enabled
-        self.path = None if run_dir is None else Path(run_dir) / LOG_NAME
+        self.path = None if log is None else Path(log)
         self.file = None
         self._showwarning = None
         if not enabled or self.path is None:

@@ -19,6 +19,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from bnrepro.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -62,11 +64,10 @@ def _slurm_master_addr() -> str:
 
 
 def resolve_device(name: str, key: str = "runtime.device", local_rank: int = 0) -> torch.device:
-    """auto (CUDA when one is visible), cpu or cuda; `key` names the config key in errors."""
-    if name not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"{key} must be auto, cpu or cuda, got {name!r}")
+    """auto (CUDA when one is visible), cpu or cuda (the schema's choices); `key` names the
+    config key in errors."""
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"{key}=cuda but no CUDA device is visible; use {key}=cpu")
+        raise ConfigError(f"{key}=cuda but no CUDA device is visible: use {key}=cpu or auto")
     cuda = name == "cuda" or (name == "auto" and torch.cuda.is_available())
     return torch.device("cuda", local_rank) if cuda else torch.device("cpu")
 
@@ -82,10 +83,6 @@ def setup(device: str = "auto", timeout_s: float | None = None) -> Dist:
     the longest wait between two collectives: rank 0 writing a checkpoint while the others wait.
     None keeps torch's default (30 minutes for gloo, 10 for NCCL).
     """
-    if timeout_s is not None and not timeout_s > 0:
-        raise ValueError(
-            f"runtime.dist_timeout_s must be a positive number of seconds, got {timeout_s!r}"
-        )
     resolve_device(device)  # a bad value fails before any rank or rendezvous is read
     rank, world_size, local_rank, rendezvous = _env_ranks()
     dev = resolve_device(device, local_rank=local_rank)

@@ -1,34 +1,28 @@
-"""What every entry point shares (as deit's engine.py): the runtime, the builders, evaluation.
+"""The engine (as deit's engine.py): how tensors run, one training step, and evaluation.
 
     runtime = build_runtime(cfg.runtime, cfg.data, device)  # device, AMP, memory format, input norm
-    data = build_data(cfg, rank=0, world_size=1)           # datasets, loaders, class list
-    model = build_model(cfg, data.classes)                  # timm's bn_inception from cfg.model
+    epoch, position = train_step(model, batches, optimizer, scaler, runtime, stats)
     metrics = evaluate(model, data.val_loader, runtime)     # single-crop val loss, top-1, top-5
 
 bnrepro-train (train.py), bnrepro-ensemble and bnrepro-bn-stats (evaluation/) and the benchmarks
-build from here; nothing here imports them.
+run their tensors through here (what they are built from: builders.py); nothing here imports them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import numpy as np
-import timm
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 from tqdm import tqdm
 
-import bnrepro  # noqa: F401  (registers bn_inception with timm)
-from bnrepro import data as datasets
 from bnrepro import distributed
-from bnrepro.config import model_kwargs
+from bnrepro.errors import ConfigError
 from bnrepro.metrics import topk_correct
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -77,51 +71,15 @@ def build_runtime(runtime_cfg: DictConfig, data_cfg: DictConfig, device: torch.d
     """The Runtime of configs/runtime/*.yaml on `device` (from distributed.setup/resolve_device)."""
     cuda = device.type == "cuda"
     amp = runtime_cfg.amp if runtime_cfg.amp != "auto" else ("bf16" if cuda else "none")
-    if amp not in AMP_DTYPES or (amp == "fp16" and not cuda):
-        raise ValueError(f"runtime.amp={amp!r}: use auto, none, bf16 (CPU or GPU) or fp16 (GPU)")
+    if amp == "fp16" and not cuda:  # the choices themselves are the schema's
+        raise ConfigError(
+            "runtime.amp=fp16 needs a GPU (its GradScaler): use bf16 or none on the CPU"
+        )
     if cuda and runtime_cfg.tf32:  # TF32 matmul/conv on Ampere+: ~fp32 accuracy, much faster
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     channels_last = cuda if runtime_cfg.channels_last == "auto" else bool(runtime_cfg.channels_last)
     mean, std = _normalization(data_cfg.mean, data_cfg.std, device)
     return Runtime(device, AMP_DTYPES[amp], channels_last, bool(runtime_cfg.compile), mean, std)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-@dataclass
-class Data:
-    classes: list[str]
-    train_ds: torch.utils.data.Dataset
-    train_loader: torch.utils.data.DataLoader
-    val_loader: torch.utils.data.DataLoader
-
-
-def build_data(cfg: DictConfig, *, rank: int, world_size: int) -> Data:
-    """cfg.data's datasets and this rank's loaders (the training order seeded by cfg.seed)."""
-    train_ds, val_ds, classes = datasets.build_datasets(cfg.data)
-    return Data(
-        classes=list(classes),
-        train_ds=train_ds,
-        train_loader=datasets.build_train_loader(
-            cfg.data, train_ds, seed=cfg.seed, rank=rank, world_size=world_size
-        ),
-        val_loader=datasets.build_val_loader(cfg.data, val_ds, rank=rank, world_size=world_size),
-    )
-
-
-def arch_of(cfg: DictConfig, classes: list[str]) -> dict:
-    """What rebuilds the network: timm name + keyword arguments (stored in checkpoints)."""
-    kwargs = model_kwargs(cfg.model, len(classes), cfg.data.in_chans)
-    return {"name": cfg.model.name, "kwargs": OmegaConf.to_container(OmegaConf.create(kwargs))}
-
-
-def build_model(cfg: DictConfig, classes: list[str]) -> nn.Module:
-    arch = arch_of(cfg, classes)
-    return timm.create_model(arch["name"], **arch["kwargs"])
 
 
 def training_batches(
@@ -148,6 +106,38 @@ def training_inputs(
     """Model-ready training inputs in epoch 0's order, for Algorithm 2 (evaluation/bn_stats.py)."""
     for _, _, images, _ in training_batches(loader, 0, 0):
         yield runtime.inputs(images)
+
+
+def train_step(
+    model: nn.Module,
+    data_iter: Iterator,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    runtime: Runtime,
+    stats: torch.Tensor,
+    *,
+    grad_accum: int = 1,
+) -> tuple[int, int]:
+    """One optimizer step over `grad_accum` micro-batches; adds loss/top1/count to `stats`
+    (no host sync here); returns the data position after it (epoch, images_in_epoch)."""
+    optimizer.zero_grad(set_to_none=True)
+    for micro in range(grad_accum):
+        epoch, position, images, labels = next(data_iter)
+        labels = labels.to(runtime.device, non_blocking=True)
+        inputs = runtime.inputs(images)
+        # Under DDP, all-reduce gradients only on the last micro-batch.
+        no_sync = micro < grad_accum - 1 and hasattr(model, "no_sync")
+        with model.no_sync() if no_sync else contextlib.nullcontext(), runtime.autocast():
+            logits = model(inputs)
+            loss = F.cross_entropy(logits.float(), labels)
+        scaler.scale(loss / grad_accum).backward()
+        with torch.no_grad():
+            stats[0] += loss.detach() * len(labels)
+            stats[1] += topk_correct(logits.detach().float(), labels, ks=(1,))[1].sum()
+            stats[2] += len(labels)
+    scaler.step(optimizer)
+    scaler.update()
+    return epoch, position
 
 
 @torch.no_grad()

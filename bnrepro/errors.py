@@ -1,8 +1,9 @@
-"""Errors a user can fix, and the exit statuses every bnrepro command ends with.
+"""The errors a command ends with on purpose, and their exit statuses.
 
-A UserError's message names the problem and the fix; every `bnrepro-*` command prints it as one
-line, `<command>: error: <message>`, and exits with the error's `exit_status`. Anything else is a
-bug and keeps its traceback. HYDRA_FULL_ERROR=1 shows the traceback of a user error too.
+A `CommandError` is an expected end: its message names the problem and the fix, and the command
+layer (bnrepro/cli.py, the one error path) prints it as one line, `<command>: error: <message>`,
+and exits with the error's `exit_status`. Anything else is a bug and keeps its traceback.
+HYDRA_FULL_ERROR=1 shows the traceback of a CommandError too.
 
 Exit statuses (README "Exit statuses"):
     0  done (a preempted run that checkpointed, and requeued under SLURM, included)
@@ -13,17 +14,22 @@ Exit statuses (README "Exit statuses"):
 
 from __future__ import annotations
 
-import contextlib
+import importlib
 import os
-import sys
-from collections.abc import Iterator
 
 EXIT_OK = 0
 EXIT_USER_ERROR = 2  # bad config, data, checkpoint or run folder: the message says what to do
 EXIT_DIVERGED = 3  # training diverged (non-finite loss or weights) where it was not expected
 
 
-class UserError(RuntimeError):
+class CommandError(Exception):
+    """An expected end of a command, with a documented exit status: one line, no traceback."""
+
+    exit_status = EXIT_USER_ERROR
+    reported = False  # set once its line is printed (a -m sweep prints each job's as it fails)
+
+
+class UserError(CommandError, RuntimeError):
     """A problem in what the user gave (config, data, checkpoint, run folder), not in the code."""
 
     exit_status = EXIT_USER_ERROR
@@ -41,29 +47,14 @@ class MissingExtraError(UserError, ImportError):
     """An optional dependency that this command needs is not installed."""
 
 
-class Diverged(UserError):
-    """Training produced non-finite values where divergence was not expected."""
+class Diverged(CommandError):
+    """A run diverged (non-finite loss or weights) where trainer.expect_divergence was false."""
 
     exit_status = EXIT_DIVERGED
 
 
-# Run folders of this process's jobs that diverged where trainer.expect_divergence was false
-# (train.train_job adds them); exit_diverged_after turns them into the command's exit status.
-UNEXPECTED_DIVERGENCE: list[str] = []
-
-
-@contextlib.contextmanager
-def exit_diverged_after() -> Iterator[None]:
-    """Run a training command's jobs, then exit EXIT_DIVERGED if any diverged unexpectedly: a job
-    itself returns, so a -m sweep runs every job first."""
-    UNEXPECTED_DIVERGENCE.clear()
-    yield
-    if UNEXPECTED_DIVERGENCE:
-        sys.exit(EXIT_DIVERGED)
-
-
-# The user's HYDRA_FULL_ERROR while a Hydra command runs (config.run_hydra_app sets Hydra's own
-# to 1 to see its errors); a SLURM job inherits both.
+# The user's HYDRA_FULL_ERROR while a Hydra command runs (cli.run_hydra_app sets Hydra's own to 1
+# to see its errors); a SLURM job inherits both.
 FULL_ERROR_ENV = "BNREPRO_FULL_ERROR"
 
 
@@ -78,28 +69,14 @@ def one_line(error: BaseException) -> str:
     return " | ".join(lines) or type(error).__name__
 
 
-def report(program: str, error: BaseException) -> None:
-    """Print `<program>: error: <message>` to stderr (flushed: the line must reach a SLURM log)."""
-    print(f"{program}: error: {one_line(error)}", file=sys.stderr, flush=True)
-
-
-@contextlib.contextmanager
-def user_errors_exit(program: str) -> Iterator[None]:
-    """Inside: a UserError ends the process with one line and its exit status; anything else
-    keeps its traceback. What every argparse command's main() runs under."""
-    try:
-        yield
-    except UserError as e:
-        if full_error():
-            raise
-        report(program, e)
-        raise SystemExit(e.exit_status) from None
+def first_names(names: list[str], shown: int = 3) -> str:
+    """'a, b, c and 4 more': a list in an error message, short whatever its length."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(map(str, names[:shown])) + more
 
 
 def require(module: str, extra: str, program: str) -> object:
     """Import an optional dependency, or say which extra installs it (MissingExtraError)."""
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError as e:

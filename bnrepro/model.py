@@ -460,12 +460,12 @@ def _create(variant: str, pretrained: bool, **kwargs: Any) -> BNInception:
                 "bn_inception-52deb4733.pth converted.pt), then pass "
                 "pretrained_cfg_overlay=dict(file='converted.pt')"
             )
-        # The file's architecture and normalisation (what a converted checkpoint needs: Caffe
-        # pooling, BN eps, BGR mean) unless the caller sets them.
-        arch_kwargs, normalization = _saved_model_info(overlay["file"])
+        # The file's architecture, normalisation and evaluation size (what a converted
+        # checkpoint needs: Caffe pooling, BN eps, BGR mean) unless the caller sets them.
+        arch_kwargs, saved_cfg = _saved_model_info(overlay["file"])
         kwargs = {**arch_kwargs, **kwargs}
-        overlay = {**normalization, **overlay}
-    return build_model_with_cfg(
+        overlay = {**saved_cfg, **overlay}
+    model = build_model_with_cfg(
         BNInception,
         variant,
         pretrained,
@@ -473,21 +473,29 @@ def _create(variant: str, pretrained: bool, **kwargs: Any) -> BNInception:
         feature_cfg=dict(flatten_sequential=True),
         **kwargs,
     )
+    if getattr(model, "pretrained_cfg", None) and model.pretrained_cfg.get("state_dict"):
+        model.pretrained_cfg["state_dict"] = None  # loaded: the config keeps no copy of weights
+    return model
 
 
 def _saved_model_info(path: str) -> tuple[dict, dict]:
-    """(model keyword arguments, pretrained_cfg entries: classes, channels, mean/std) stored in a
-    bnrepro checkpoint; ({}, {}) for another file (timm loads it as a plain state dict)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or "arch" not in ckpt:
+    """(model keyword arguments, pretrained_cfg entries) of a bnrepro checkpoint: its classes,
+    channels, mean/std, evaluation size and crop, and its weights (so timm does not read the file
+    a second time); ({}, {}) for another file (timm loads it as a plain state dict)."""
+    from bnrepro import checkpoint
+
+    ckpt = checkpoint.read_if_checkpoint(path)
+    if ckpt is None:
         return {}, {}
     saved = dict(ckpt["arch"].get("kwargs", {}))
     # The caller's num_classes / in_chans: timm adapts the classifier and first conv when they
     # differ from the pretrained_cfg's, which are the file's.
-    cfg = {"num_classes": saved.pop("num_classes", 1000)}
-    if "in_chans" in saved:
-        cfg["input_size"] = (saved.pop("in_chans"), *_cfg()["input_size"][1:])
+    cfg = {"num_classes": saved.pop("num_classes", 1000), "state_dict": ckpt["model"]}
     data = (ckpt.get("config") or {}).get("data") or {}
+    side = data.get("eval_crop", _cfg()["input_size"][1])
+    cfg["input_size"] = (saved.pop("in_chans", 3), side, side)  # the resolution it evaluates at
+    if "eval_resize" in data:
+        cfg["crop_pct"] = data["eval_crop"] / data["eval_resize"]
     cfg.update({k: tuple(data[k]) for k in ("mean", "std") if k in data})
     return saved, cfg
 

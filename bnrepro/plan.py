@@ -4,30 +4,30 @@
     bnrepro-plan experiment=inception data=imagenet plan.gpus=8 plan.nodes=4
     bnrepro-plan experiment=bn_x5 data=imagenet plan.images_per_s=2500 # a measured throughput
     bnrepro-plan -m experiment=inception,bn_baseline,bn_x5,bn_x30,bn_x5_sigmoid data=imagenet
+    bnrepro-plan -m experiment=bn_x30 'optim.lr=choice(0.03,0.045)' data=imagenet
 
 Takes bnrepro-train's overrides, plus plan.* (configs/plan.yaml: the cluster shape and the cost
-model). Prints the global batch, the LR over the run (warmup, decays, an ASCII plot against paper
+model), checked as bnrepro-train checks them; -m takes Hydra's sweep syntax. Prints the global batch, the LR over the run (warmup, decays, an ASCII plot against paper
 steps), the budget in images, paper steps and epochs, the paper's steps to 72.2% (Figure 3) and
 whether the budget covers them, the evaluations and checkpoints planned, and an estimate of
 GPU-hours. With -m, every combination of the comma lists is composed and the plans are printed
 as one table. Reads no data and builds the network only on the meta device (to count its FLOPs).
-The LR curve comes from stepping schedule.build_scheduler itself, as the training loop does.
+The LR curve is schedule.LRSchedule's own, as the training loop sets it.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from bnrepro import engine, schedule
-from bnrepro.config import CONFIG_DIR, compose, effective_lr
-from bnrepro.errors import EXIT_USER_ERROR, UserError
+from bnrepro import builders, schedule
+from bnrepro.config import check_run, compose_checked, effective_lr, global_batch, sweep
+from bnrepro.errors import UserError
+from bnrepro.figures.tables import paper_steps_text
 from bnrepro.paper import FIGURE3, PAPER_BATCH, PAPER_DIVERGED
 
 LR_SAMPLES = 4000  # points of the LR curve (more where decays are frequent)
@@ -95,7 +95,7 @@ def forward_gflops(cfg: DictConfig) -> float:
 
     side = cfg.data.train_crop
     with torch.device("meta"):
-        model = engine.build_model(cfg, [str(i) for i in range(cfg.data.num_classes)]).eval()
+        model = builders.build_model(cfg, [str(i) for i in range(cfg.data.num_classes)]).eval()
         inputs = torch.zeros(1, cfg.data.in_chans, side, side)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(inputs)
@@ -105,20 +105,16 @@ def forward_gflops(cfg: DictConfig) -> float:
 def lr_curve(
     cfg: DictConfig, global_batch: int, train_size: int
 ) -> tuple[list[tuple[int, float]], int]:
-    """The LR the training loop sets at sampled optimizer steps (schedule.build_scheduler on a
-    dummy optimizer, stepped with images seen exactly as train.py does), and the images over
-    which its warmup ramps (0: none)."""
-    lr = effective_lr(cfg.optim.lr, global_batch)
-    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
-    scheduler = schedule.build_scheduler(optimizer, cfg.optim, global_batch, train_size)
+    """The LR the training loop sets at sampled optimizer steps (schedule.LRSchedule, read at the
+    images seen before each step, as train.py sets it), and the images over which its warmup
+    ramps (0: none)."""
+    lr = schedule.build_scheduler(None, cfg.optim, global_batch, train_size)
     steps = math.ceil(cfg.trainer.max_images / global_batch)
     per_decay = cfg.optim.decay_epochs * train_size / global_batch  # steps between decays
     samples = min(steps, max(LR_SAMPLES, math.ceil(8 * steps / per_decay)))
-    curve = []
-    for k in sorted({round(i * (steps - 1) / max(samples - 1, 1)) for i in range(samples)}):
-        scheduler.step_update(k * global_batch)
-        curve.append((k * global_batch, optimizer.param_groups[0]["lr"]))
-    return curve, scheduler.warmup_images
+    picked = sorted({round(i * (steps - 1) / max(samples - 1, 1)) for i in range(samples)})
+    curve = [(k * global_batch, lr.lr_at(k * global_batch)) for k in picked]
+    return curve, lr.warmup_images
 
 
 def periodic_count(interval: int, global_batch: int, max_images: int) -> int:
@@ -130,19 +126,17 @@ def periodic_count(interval: int, global_batch: int, max_images: int) -> int:
     return n + (last != final)
 
 
-def make_plan(cfg: DictConfig, settings: DictConfig) -> Plan:
+def make_plan(cfg: DictConfig) -> Plan:
+    """The plan of the run `cfg` (configs/plan.yaml, composed: bnrepro-train's config + plan.*)."""
+    settings = cfg.plan
     processes = settings.gpus * settings.nodes
-    if processes < 1:
-        raise PlanError(
-            f"plan.gpus x plan.nodes must be >= 1, got {settings.gpus} x {settings.nodes}"
-        )
-    global_batch = cfg.data.batch_size * processes * cfg.trainer.grad_accum
+    batch = global_batch(cfg.data.batch_size, processes, cfg.trainer.grad_accum)
     train_size, val_size = data_sizes(cfg.data)
     t = cfg.trainer
     gflops = forward_gflops(cfg)
     train_images = t.max_images
     eval_images = min(t.eval_max_images or val_size, val_size)
-    evals = periodic_count(t.eval_every_images, global_batch, t.max_images)
+    evals = periodic_count(t.eval_every_images, batch, t.max_images)
     if settings.images_per_s:
         gpu_seconds = train_images / settings.images_per_s
         basis = f"measured {settings.images_per_s:g} training images/s per GPU"
@@ -162,22 +156,17 @@ def make_plan(cfg: DictConfig, settings: DictConfig) -> Plan:
     imagenet = cfg.data.name == "imagenet"
     note += "" if imagenet or note == "-" else " on ImageNet: not comparable"
     target = paper if imagenet else None  # Figure 3's steps are ImageNet's
-    curve, warmup_images = lr_curve(cfg, global_batch, train_size)
+    curve, warmup_images = lr_curve(cfg, batch, train_size)
     return Plan(
-        experiment=name, data=cfg.data.name, processes=processes, global_batch=global_batch,
-        effective_lr=effective_lr(cfg.optim.lr, global_batch),
+        experiment=name, data=cfg.data.name, processes=processes, global_batch=batch,
+        effective_lr=effective_lr(cfg.optim.lr, batch),
         curve=curve,
         warmup_images=warmup_images,
         max_images=int(t.max_images), train_size=train_size, paper_target=target, paper_note=note,
-        evals=evals, checkpoints=periodic_count(t.ckpt_every_images, global_batch, t.max_images),
+        evals=evals, checkpoints=periodic_count(t.ckpt_every_images, batch, t.max_images),
         keep_last=t.keep_last, gflops_per_image=gflops, gpu_hours=gpu_seconds / 3600,
         cost_basis=basis,
     )  # fmt: skip
-
-
-def paper_steps_text(steps: float) -> str:
-    """Paper steps as the paper writes them (31.0e6)."""
-    return f"{steps / 1e6:.1f}e6" if steps >= 1e5 else f"{steps:.4g}"
 
 
 def ascii_plot(curve: list[tuple[int, float]], width: int, height: int) -> str:
@@ -249,64 +238,17 @@ def table(plans: list[Plan]) -> str:
     return "\n".join(lines)
 
 
-def sweep(overrides: list[str]) -> list[list[str]]:
-    """Every combination of the comma lists (key=a,b,c), as Hydra's basic sweeper makes them;
-    a value in brackets or braces is one value."""
-    choices = []
-    for o in overrides:
-        key, sep, value = o.partition("=")
-        if sep and "," in value and not value.startswith(("[", "{", "'", '"')):
-            choices.append([f"{key}={v}" for v in value.split(",")])
-        else:
-            choices.append([o])
-    return [list(c) for c in itertools.product(*choices)]
-
-
-def split_args(argv: list[str]) -> tuple[bool, list[str], list[str]]:
-    """(multirun, bnrepro-train overrides, plan.* overrides without the prefix)."""
-    multirun = any(a in ("-m", "--multirun") for a in argv)
-    args = [a for a in argv if a not in ("-m", "--multirun")]
-    unknown = [a for a in args if a.startswith("-")]
-    if unknown:
-        raise PlanError(f"unknown option {unknown[0]}: bnrepro-plan takes -m and overrides")
-    settings = [a.removeprefix("plan.") for a in args if a.startswith("plan.")]
-    return multirun, [a for a in args if not a.startswith("plan.")], settings
-
-
-def load_settings(overrides: list[str]) -> DictConfig:
-    settings = OmegaConf.load(Path(CONFIG_DIR) / "plan.yaml")
-    OmegaConf.set_struct(settings, True)
-    try:
-        return OmegaConf.merge(settings, OmegaConf.from_dotlist(overrides))
-    except Exception as e:  # an unknown plan.* key
-        raise PlanError(f"{e}".splitlines()[0] + f" (plan.* keys: {', '.join(settings)})") from e
-
-
-def main(argv: list[str] | None = None) -> None:
-    """bnrepro-plan [-m] [bnrepro-train overrides] [plan.key=value ...]"""
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        return
-    try:
-        multirun, overrides, settings_overrides = split_args(argv)
-        settings = load_settings(settings_overrides)
-        runs = sweep(overrides) if multirun else [overrides]
-        plans = [make_plan(compose("train", run), settings) for run in runs]
-    except (UserError, ValueError) as e:
-        print(f"bnrepro-plan: error: {e}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
-    except Exception as e:  # Hydra's composition errors (unknown key or option) are user errors
-        if type(e).__module__.split(".")[0] not in ("hydra", "omegaconf"):
-            raise
-        print(f"bnrepro-plan: error: {str(e).splitlines()[0]}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+def print_plans(overrides: list[str], *, multirun: bool = False) -> None:
+    """bnrepro-plan [-m] [overrides]: one plan, or with -m every combination of Hydra's sweep
+    syntax as one table. Every configuration is composed and checked before any is printed."""
+    configs = [
+        compose_checked("plan", run) for run in (sweep(overrides) if multirun else [overrides])
+    ]
+    for cfg in configs:
+        check_run(cfg)  # what bnrepro-train would refuse at start-up
+    plans = [make_plan(cfg) for cfg in configs]
     if len(plans) == 1:
-        print(describe(plans[0], settings))
+        print(describe(plans[0], configs[0].plan))
     else:
         print(table(plans))
         print(f"\n({plans[0].processes} processes each; cost: {plans[0].cost_basis})")
-
-
-if __name__ == "__main__":
-    main()

@@ -12,7 +12,7 @@
   checkpoint: a run resumed on another number of GPUs follows its own global batch from the
   images it has seen.
 - `Every`: a periodic event (eval, checkpoint, log) that fires when images_seen crosses a multiple
-  of its interval, whatever the batch size.
+  of its interval, whatever the batch size; `Cadence`: the three of a run.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class LRSchedule:
 
     def __init__(
         self,
-        optimizer: torch.optim.Optimizer,
+        optimizer: torch.optim.Optimizer | None,
         optim_cfg: DictConfig,
         global_batch: int,
         train_size: int,
@@ -81,13 +81,13 @@ class LRSchedule:
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | None,
     optim_cfg: DictConfig,
     global_batch: int,
     train_size: int,
 ) -> LRSchedule:
     """The LR schedule; call .step_update(images_seen) before every optimizer step, or read
-    .lr_at(images_seen) (bnrepro-plan draws the curve from it)."""
+    .lr_at(images_seen) (bnrepro-plan draws the curve from it: no optimizer needed)."""
     return LRSchedule(optimizer, optim_cfg, global_batch, train_size)
 
 
@@ -107,3 +107,17 @@ class Every:
             self.last = k
             return True
         return False
+
+
+class Cadence:
+    """When a run logs, evaluates and checkpoints (trainer.log/eval/ckpt_every_images)."""
+
+    def __init__(self, trainer_cfg: DictConfig, images_seen: int = 0) -> None:
+        t = trainer_cfg
+        self.log = Every(t.log_every_images, images_seen)
+        self.evaluate = Every(t.eval_every_images, images_seen)
+        self.save = Every(t.ckpt_every_images, images_seen)
+
+    def due(self, images_seen: int) -> tuple[bool, bool, bool]:
+        """(log, evaluate, save) now that `images_seen` images have been trained on."""
+        return self.log.due(images_seen), self.evaluate.due(images_seen), self.save.due(images_seen)

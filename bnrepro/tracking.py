@@ -4,7 +4,8 @@ One small interface, active on rank 0 only (other ranks get a tracker that does 
 metrics.jsonl is append-only, one JSON object per line (pandas.read_json(path, lines=True)); a
 resumed run first drops the lines past its checkpoint, so the file stays one curve without
 duplicates. Beside it: config.yaml (the resolved config) and overrides.yaml (the command line's
-overrides, as Hydra's own .hydra/overrides.yaml), written once the run is accepted.
+overrides, as Hydra's own .hydra/overrides.yaml), written once the run is accepted. The files'
+names are the run folder's (checkpoint.RunFolder).
 
 W&B: the run id is kept in the checkpoint; a resumed run passes it back with resume="allow" and
 continues the same W&B run (online; wandb cannot resume an offline run: it writes a second
@@ -13,22 +14,23 @@ WANDB_ENTITY from the environment are logger=wandb's defaults (configs/logger/wa
 command-line value wins; WANDB_DIR, when set, replaces the run folder as wandb's directory.
 logger.wandb.log_checkpoints=true logs every checkpoint as a version of the artifact
 `model-<run id>` (type "model"; aliases latest, best and images-<N>), the names bnrepro-ensemble
-uses to record which members it evaluated.
+uses to record which members it evaluated; `log_ensemble` is bnrepro-ensemble's W&B run.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from bnrepro.errors import ConfigError
+from bnrepro.checkpoint import RunFolder
 from bnrepro.paper import PAPER_BATCH
 
-OVERRIDES = "overrides.yaml"
 WANDB_MODE_ALIASES = {"dryrun": "offline", "run": "online"}  # wandb's own older spellings
 
 
@@ -36,7 +38,7 @@ class Tracker:
     def __init__(
         self,
         cfg: DictConfig,
-        run_dir: Path,
+        folder: RunFolder,
         *,
         enabled: bool,
         images_seen: int = 0,
@@ -46,22 +48,23 @@ class Tracker:
         """Open the metrics file (truncated to `images_seen`, the resume point) and W&B;
         record the command line's `overrides` (when given: a Hydra command's) in overrides.yaml."""
         self.enabled = enabled
-        self.path = Path(run_dir) / "metrics.jsonl"
+        self.folder = folder
+        self.path = folder.metrics
         self.wandb = None
         self.run_id = wandb_run_id
         if not enabled:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        folder.path.mkdir(parents=True, exist_ok=True)
         # The resolved config beside the metrics (Hydra's .hydra/ is off: a refused run must not
         # overwrite anything, and this file is only written once the run is accepted).
-        OmegaConf.save(cfg, self.path.with_name("config.yaml"), resolve=True)
+        OmegaConf.save(cfg, folder.config, resolve=True)
         if overrides is not None:  # this start's; train.log has every start's
-            OmegaConf.save(OmegaConf.create(list(overrides)), self.path.with_name(OVERRIDES))
-        self.log_checkpoints = bool(cfg.logger.wandb.get("log_checkpoints", False))
+            OmegaConf.save(OmegaConf.create(list(overrides)), folder.overrides)
+        self.checkpoints_as_artifacts = bool(cfg.logger.wandb.get("log_checkpoints", False))
         _truncate(self.path, images_seen)
         self.file = open(self.path, "a")  # noqa: SIM115  (open for the run's lifetime)
         if cfg.logger.wandb.mode != "disabled":
-            self.wandb = _init_wandb(cfg, run_dir, wandb_run_id)
+            self.wandb = _init_wandb(cfg, folder.path, wandb_run_id)
             self.run_id = self.wandb.id
 
     def log(self, metrics: dict, *, step: int, images_seen: int) -> None:
@@ -80,31 +83,29 @@ class Tracker:
         if self.wandb is not None:
             self.wandb.log(row, step=step)
 
-    def log_checkpoint(
-        self, checkpointer, *, images_seen: int, periodic: bool, best: bool
-    ) -> None:  # checkpointer: checkpoint.Checkpointer
-        """With logger.wandb.log_checkpoints, the checkpoint just written as an artifact version
-        (aliases: latest for a periodic one, best, images-<N>)."""
-        if self.wandb is None or not self.log_checkpoints:
+    def log_checkpoints(self, paths: list[Path], *, images_seen: int) -> None:
+        """With logger.wandb.log_checkpoints, the checkpoint files just written as one artifact
+        version (aliases: latest for a periodic one, best for best.pt, images-<N>)."""
+        if self.wandb is None or not self.checkpoints_as_artifacts or not paths:
             return
-        path = checkpointer.path(images_seen) if periodic else checkpointer.dir / "best.pt"
-        aliases = [f"images-{images_seen}"] + ["latest"] * periodic + ["best"] * best
+        best = self.folder.best in paths
+        periodic = [p for p in paths if p != self.folder.best]
+        aliases = [f"images-{images_seen}"] + ["latest"] * bool(periodic) + ["best"] * best
         self.wandb.log_artifact(
             checkpoint_artifact(
-                path, checkpoint_artifact_name(self.wandb.id), images_seen=images_seen
+                (periodic or paths)[0], checkpoint_artifact_name(self.wandb.id),
+                images_seen=images_seen,
             ),
             aliases=aliases,
-        )
+        )  # fmt: skip
 
-    def summary(self, values: dict, run_dir: Path) -> Path | None:
+    def summary(self, values: dict) -> None:
         """Write summary.json (and the W&B run summary)."""
         if not self.enabled:
-            return None
-        path = Path(run_dir) / "summary.json"
-        _write_atomic(path, json.dumps(values, indent=2) + "\n")
+            return
+        _write_atomic(self.folder.summary, json.dumps(values, indent=2) + "\n")
         if self.wandb is not None:
             self.wandb.summary.update(values)
-        return path
 
     def close(self) -> None:
         if not self.enabled:
@@ -162,9 +163,6 @@ def _init_wandb(cfg: DictConfig, run_dir: Path, run_id: str | None):  # -> wandb
     import wandb
 
     w = cfg.logger.wandb
-    mode = WANDB_MODE_ALIASES.get(w.mode, w.mode)
-    if mode not in ("online", "offline"):
-        raise ConfigError(f"logger.wandb.mode must be online, offline or disabled, got {w.mode!r}")
     run = wandb.init(
         project=w.project,
         entity=w.entity,
@@ -176,9 +174,61 @@ def _init_wandb(cfg: DictConfig, run_dir: Path, run_id: str | None):  # -> wandb
         id=run_id,
         resume="allow" if run_id else None,
         dir=wandb_dir(run_dir),
-        mode=mode,
+        mode=WANDB_MODE_ALIASES.get(w.mode, w.mode),  # its choices are the schema's
     )
     # Plot against the paper's x axis (Figures 2 and 3 count steps of 32 images).
     for prefix in ("train", "val", "val_popstats", "monitor"):
         run.define_metric(f"{prefix}/*", step_metric="paper_steps")
     return run
+
+
+@dataclass
+class MemberFile:
+    """An ensemble member's file, as W&B records it."""
+
+    path: Path
+    name: str
+    wandb_run_id: str | None  # its training run's, when it logged to W&B
+    images_seen: int | None
+
+
+def member_artifact_name(wandb_run_id: str | None, name: str) -> str:
+    """The W&B artifact a member's file is a version of: its training run's `model-<run id>`
+    (what logger.wandb.log_checkpoints logs), else one named after the member."""
+    if wandb_run_id:
+        return checkpoint_artifact_name(wandb_run_id)
+    return "model-" + re.sub(r"[^\w.-]", "_", name)
+
+
+def log_ensemble(results: dict, members: list[MemberFile], cfg: DictConfig, run_dir: Path) -> None:
+    """bnrepro-ensemble's W&B run (job_type "ensemble"): the Figure 4 table, each row's errors in
+    the summary, the members in its config and, online, each member file as an input artifact."""
+    import wandb
+
+    w = cfg.logger.wandb
+    group = w.group or "+".join(sorted({r["experiment_name"] or "unknown"
+                                        for r in results["members"]}))  # fmt: skip
+    run = wandb.init(
+        project=w.project,
+        entity=w.entity,
+        group=group,
+        job_type="ensemble",
+        tags=list(w.tags),
+        name=f"ensemble_{cfg.crops}crops_{len(members)}models",
+        config=dict(results["config"], members=results["members"]),
+        dir=wandb_dir(run_dir),
+        mode=WANDB_MODE_ALIASES.get(w.mode, w.mode),
+    )
+    # Lineage: each member file as an input artifact (online: wandb cannot use an artifact
+    # offline, where the run's config `members` names them). The same content as the version its
+    # training run logged (logger.wandb.log_checkpoints) is that version.
+    for m in members if run.settings.mode != "offline" else []:
+        name = member_artifact_name(m.wandb_run_id, m.name)
+        run.use_artifact(checkpoint_artifact(m.path, name, images_seen=m.images_seen))
+    columns = ["model", "resolution", "crops", "models", "top1_error", "top5_error", "bn_stats"]
+    table = wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in results["rows"]])
+    run.log({"figure4": table})
+    for r in results["rows"]:
+        run.summary[f"{r['model']}/top1_error"] = r["top1_error"]
+        run.summary[f"{r['model']}/top5_error"] = r["top5_error"]
+    run.finish()

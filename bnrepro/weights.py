@@ -23,7 +23,6 @@ Exit status 0 on success, 2 with a one-line message on bad input (bnrepro/errors
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
@@ -31,7 +30,7 @@ from omegaconf import OmegaConf
 
 from bnrepro import checkpoint
 from bnrepro.config import CONFIG_DIR
-from bnrepro.errors import EXIT_USER_ERROR, UserError
+from bnrepro.errors import UserError
 from bnrepro.model import INCEPTION_TABLE, BNInception
 from bnrepro.provenance import file_sha256, git_sha
 
@@ -168,11 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("output", help="the bnrepro checkpoint to write, e.g. converted.pt")
     parser.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
     args = parser.parse_args(argv)
-    try:
-        convert_file(Path(args.source), Path(args.output), force=args.force)
-    except UserError as e:
-        print(f"bnrepro-convert: error: {e}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+    convert_file(Path(args.source), Path(args.output), force=args.force)
 
 
 def convert_file(source: Path, output: Path, *, force: bool = False) -> None:
@@ -191,7 +186,3 @@ def convert_file(source: Path, output: Path, *, force: bool = False) -> None:
     print(
         f"{output}: bn_inception with {CAFFE_KWARGS}; inputs RGB, mean/std {CAFFE_MEAN}/{CAFFE_STD}"
     )
-
-
-if __name__ == "__main__":
-    main()

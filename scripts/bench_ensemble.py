@@ -1,6 +1,6 @@
 """Images/s of the multi-crop ensemble pipeline vs the members' bare forward passes.
 
-The pipeline is bnrepro-ensemble's own loop (ensemble.evaluate over ensemble.image_loader): read
+The pipeline is bnrepro-ensemble's own loop (ensemble.evaluate_crops over data.whole_image_loader): read
 and decode each JPEG once, cut its crops on the device, normalise, run every member, average.
 The bare figure runs only the members' forward passes on the very same crops, cut and normalised
 beforehand and held in memory. ratio = pipeline / bare: the share of the members' speed that the
@@ -27,7 +27,7 @@ import torch
 
 from bnrepro import engine
 from bnrepro.config import compose
-from bnrepro.data import build_datasets
+from bnrepro.data import WholeImages, build_datasets, whole_image_loader
 from bnrepro.evaluation import ensemble
 from bnrepro.evaluation.crops import cut_crops
 
@@ -73,7 +73,7 @@ def main() -> None:
             )
         )
 
-    images = ensemble.ValImages(val_ds, args.images)
+    images = WholeImages(val_ds, args.images)
     per_batch = max(1, args.batch_crops // args.crops)
 
     # The same batches, cut and normalised once, held in memory.
@@ -95,7 +95,7 @@ def main() -> None:
         """(wall, cpu) seconds of the pipeline alone and of the bare passes, in one run: the
         bare passes on held batch b run just before the pipeline gets batch b, so both see a
         busy shared machine in the same state. Their time is taken out of the pipeline's."""
-        loader = ensemble.image_loader(images, per_batch, args.workers, device)
+        loader = whole_image_loader(images, per_batch, args.workers, device)
         bare_time = np.zeros(2)
 
         def batches(loader):

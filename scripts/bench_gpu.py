@@ -5,7 +5,7 @@
 The paper's network at its input size (BN-Inception, model.width_mult=1, 224 px, bf16 autocast and
 channels_last as runtime/default.yaml sets them on a GPU), on cuda:0, at batch 32 per GPU (the
 paper's) and at the largest batch that fits (doubling from 32 until out of memory, --max-batch):
-  bare        forward+backward+SGD step (train.train_step) on one batch held on the GPU
+  bare        forward+backward+SGD step (engine.train_step) on one batch held on the GPU
   loop, X     train(), the whole loop, fed by data.decode=X: cpu (DataLoader workers decode with
               libjpeg-turbo), gpu (torchvision's batched decode_jpeg on CUDA), dali (NVIDIA DALI's
               nvJPEG "mixed" decoder; pip install -e '.[dali]')
@@ -34,10 +34,10 @@ import time
 
 import torch
 
-from bnrepro import distributed, engine
+from bnrepro import builders, distributed, engine
 from bnrepro import train as T
 from bnrepro.config import compose
-from bnrepro.data import build_datasets
+from bnrepro.data import WholeImages, build_datasets, whole_image_loader
 from bnrepro.data.dali import DaliMissingError
 from bnrepro.data.loaders import DECODERS
 from bnrepro.evaluation import ensemble
@@ -62,9 +62,9 @@ def bare_rate(cfg, classes: list[str], steps: int, warm: int) -> tuple[float, fl
     """(images/s, peak GiB) of train_step on one uint8 batch held on the GPU."""
     device = DEVICE
     runtime = engine.build_runtime(cfg.runtime, cfg.data, device)
-    model = engine.build_model(cfg, classes).to(device)
-    step_model = T.wrap_model(model, cfg, distributed.Dist(0, 1, 0, device), runtime)
-    optimizer = T.build_optimizer(model, cfg.optim, 0.01)
+    model = builders.build_model(cfg, classes).to(device)
+    step_model = builders.wrap_model(model, cfg, distributed.Dist(0, 1, 0, device), runtime)
+    optimizer = builders.build_optimizer(model, cfg.optim, 0.01)
     scaler = torch.amp.GradScaler("cuda", enabled=runtime.amp_dtype == torch.float16)
     b, side = cfg.data.batch_size, cfg.data.train_crop
     images = torch.randint(0, 256, (b, 3, side, side), dtype=torch.uint8, device=device)
@@ -76,7 +76,7 @@ def bare_rate(cfg, classes: list[str], steps: int, warm: int) -> tuple[float, fl
         if i == warm:
             torch.cuda.synchronize()
             start = time.perf_counter()
-        T.train_step(step_model, batches, optimizer, scaler, runtime, stats)
+        engine.train_step(step_model, batches, optimizer, scaler, runtime, stats)
     torch.cuda.synchronize()
     return steps * b / (time.perf_counter() - start), torch.cuda.max_memory_allocated() / 2**30
 
@@ -122,7 +122,7 @@ def ensemble_rates(cfg, classes: list[str], images: int, per_batch: int, workers
     """(pipeline images/s, pure-forward images/s) of one member at 144 crops."""
     device = DEVICE
     runtime = engine.build_runtime(cfg.runtime, cfg.data, device)
-    model = engine.build_model(cfg, classes).to(device).eval()
+    model = builders.build_model(cfg, classes).to(device).eval()
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
     _, val_ds, _ = build_datasets(cfg.data)
@@ -145,7 +145,7 @@ def ensemble_rates(cfg, classes: list[str], images: int, per_batch: int, workers
         forward()
     torch.cuda.synchronize()
     bare = n_batches * per_batch / (time.perf_counter() - start)
-    loader = ensemble.image_loader(ensemble.ValImages(val_ds, images), per_batch, workers, device)
+    loader = whole_image_loader(WholeImages(val_ds, images), per_batch, workers, device)
     start = time.perf_counter()
     ev = ensemble.evaluate_crops([[model]], loader, n_crops=crops, resolution=side, runtime=runtime)
     torch.cuda.synchronize()

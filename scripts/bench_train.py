@@ -27,17 +27,17 @@ from itertools import islice
 import torch
 import torch.nn.functional as F
 
-from bnrepro import engine
+from bnrepro import builders, engine
 from bnrepro import train as T
 from bnrepro.config import compose
 
 
-def bare_rate(cfg, dat: engine.Data, steps: int) -> float:
+def bare_rate(cfg, dat: builders.Data, steps: int) -> float:
     """A forward+backward+step on a batch that is already normalised and in memory."""
-    engine.seed_everything(cfg.seed)
+    builders.seed_everything(cfg.seed)
     runtime = engine.build_runtime(cfg.runtime, cfg.data, torch.device("cpu"))
-    model = engine.build_model(cfg, dat.classes)
-    optimizer = T.build_optimizer(model, cfg.optim, cfg.optim.lr)
+    model = builders.build_model(cfg, dat.classes)
+    optimizer = builders.build_optimizer(model, cfg.optim, cfg.optim.lr)
     images, labels = next(iter(dat.train_loader))
     x = runtime.inputs(images)
     for i in range(steps + 3):  # 3 warm-up steps
@@ -91,17 +91,17 @@ def main() -> None:
     never = "trainer.eval_every_images=1_000_000_000"
     cfg = compose("train", [never, "trainer.ckpt_every_images=1_000_000_000",
                             "runtime.progress=true", *args.overrides])  # fmt: skip
-    dat = engine.build_data(cfg, rank=0, world_size=1)
+    dat = builders.build_data(cfg, rank=0, world_size=1)
     print(f"torch threads {torch.get_num_threads()}, batch {cfg.data.batch_size}, "
           f"{cfg.data.train_crop}px, width {cfg.model.width_mult}, {cfg.experiment_name}")  # fmt: skip
     in_memory = dataclasses.replace(dat, train_loader=InMemoryLoader(dat.train_loader, 40))
-    real_build_data = engine.build_data
+    real_build_data = builders.build_data
     bare, mem, loop = [], [], []
     for _ in range(args.repeats):
         bare.append(bare_rate(cfg, dat, args.steps))
-        engine.build_data = lambda *a, **k: in_memory
+        builders.build_data = lambda *a, **k: in_memory
         mem.append(loop_rate(cfg.copy(), args.steps))
-        engine.build_data = real_build_data
+        builders.build_data = real_build_data
         loop.append(loop_rate(cfg.copy(), args.steps))
         print(f"  bare {bare[-1]:6.1f}  loop/mem {mem[-1]:6.1f}  full loop {loop[-1]:6.1f} img/s")
     for name, pick in (("best", max), ("median", statistics.median)):  # best: least disturbed

@@ -1,5 +1,7 @@
-"""The package tree is the architecture: imports flow one way (entry points -> engine -> core),
-with no cycle, and every module imports on its own."""
+"""The package tree is the architecture: imports flow one way (commands -> entry points ->
+evaluation/figures -> engine/builders -> core), with no cycle, and every module imports on its own;
+one owner for each fact: the run folder's file names (checkpoint.py), the Hydra apps and the exits
+(cli.py)."""
 
 import ast
 import subprocess
@@ -18,14 +20,39 @@ MODULES = sorted(
 ENTRY_POINTS = {"bnrepro.train", "bnrepro.plan"}  # the loop and its planner: nothing imports them
 COMMANDS = "bnrepro.cli"  # the console scripts: import what each command runs, nothing imports it
 UPPER = ("bnrepro.evaluation", "bnrepro.figures")  # above the engine
+ENGINE = {"bnrepro.engine", "bnrepro.builders"}  # how tensors run, what a run is built from
+# Formatting only (markdown tables, number formats): a leaf of the core, so that the plan, the
+# ensemble and the report write the same numbers without pulling torch into the report.
+TABLES = "bnrepro.figures.tables"
+
+
+def source(module: str) -> str:
+    path = PACKAGE.joinpath(*module.split(".")[1:])
+    return (path / "__init__.py" if path.is_dir() else path.with_suffix(".py")).read_text()
+
+
+def _main_block(node: ast.AST) -> bool:
+    """`if __name__ == "__main__":` - a command's shim (python -m ...), not a dependency."""
+    return (
+        isinstance(node, ast.If)
+        and isinstance(node.test, ast.Compare)
+        and getattr(node.test.left, "id", None) == "__name__"
+    )
+
+
+def nodes(module: str):
+    """Every AST node of a module, outside its `if __name__ == "__main__":` block."""
+    stack = [ast.parse(source(module))]
+    while stack:
+        node = stack.pop()
+        yield node
+        stack += [child for child in ast.iter_child_nodes(node) if not _main_block(child)]
 
 
 def imports_of(module: str) -> set[str]:
     """The bnrepro modules that `module` imports anywhere in its file (function bodies too)."""
-    path = PACKAGE.joinpath(*module.split(".")[1:])
-    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in nodes(module):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
@@ -58,22 +85,71 @@ def test_no_import_cycle():
         visit(m)
 
 
+def level(module: str) -> int:
+    """0 core, 1 engine/builders, 2 evaluation/figures, 3 entry points, 4 commands."""
+    if module == TABLES:
+        return 0
+    if module in ENGINE:
+        return 1
+    if module.startswith(UPPER):
+        return 2
+    return 3 if module in ENTRY_POINTS else 4 if module == COMMANDS else 0
+
+
 def test_imports_flow_one_way():
-    """Entry points -> evaluation/figures -> engine -> core (model, data, checkpoint, tracking,
-    distributed, ...): nothing imports the training loop, the engine and the core import nothing
-    above them, evaluation imports no figure."""
+    """Commands -> entry points -> evaluation/figures -> engine/builders -> core: nothing imports
+    the console commands or the training loop, no module imports one above its level, evaluation
+    imports no figure but the tables (a leaf), the engine imports no builder."""
     for m, deps in GRAPH.items():
         assert COMMANDS not in deps, f"{m} imports the console commands"
-        if m == COMMANDS:
-            continue
-        assert not deps & ENTRY_POINTS, f"{m} imports the training loop"
+        if m != COMMANDS:
+            assert not deps & ENTRY_POINTS, f"{m} imports the training loop"
+        above = sorted(d for d in deps if level(d) > level(m))
+        assert not above, f"{m} imports {above}, above its level"
         if m.startswith("bnrepro.evaluation"):
-            assert not any(d.startswith("bnrepro.figures") for d in deps), f"{m} imports figures"
-        if not m.startswith(UPPER) and m not in ENTRY_POINTS:
-            upper = sorted(d for d in deps if d.startswith(UPPER))
-            assert not upper, f"{m} (engine or core) imports {upper}"
-        if m != "bnrepro.engine" and not m.startswith(UPPER) and m not in ENTRY_POINTS:
-            assert "bnrepro.engine" not in deps, f"core module {m} imports the engine"
+            figures = [d for d in deps if d.startswith("bnrepro.figures") and d != TABLES]
+            assert not figures, f"{m} imports {figures}"
+    assert GRAPH[TABLES] <= {"bnrepro.paper"}, GRAPH[TABLES]
+    assert "bnrepro.builders" not in GRAPH["bnrepro.engine"]
+
+
+def test_only_checkpoint_py_spells_the_run_folders_file_names():
+    """checkpoint.RunFolder owns every file name of a run folder (best.pt, ckpt_*.pt,
+    checkpoints/, metrics.jsonl, ...): no other module builds a path from one."""
+    names = {"best.pt", "checkpoints", "metrics.jsonl", "summary.json", "config.yaml",
+             "overrides.yaml", "train.log", "ckpt_", "ckpt_*.pt"}  # fmt: skip
+    for m in MODULES:
+        if m == "bnrepro.checkpoint":
+            continue
+        spelled = {n.value for n in nodes(m) if isinstance(n, ast.Constant) and n.value in names}
+        assert not spelled, f"{m} spells {sorted(spelled)}: ask checkpoint.RunFolder"
+
+
+def test_one_hydra_main_and_one_place_that_exits():
+    """cli.py alone defines @hydra.main apps and ends the process (sys.exit, SystemExit): every
+    other module raises, and the one error path turns it into one line and an exit status."""
+    for m in MODULES:
+        for node in nodes(m):
+            if isinstance(node, ast.FunctionDef):
+                for d in node.decorator_list:
+                    name = ast.unparse(d.func if isinstance(d, ast.Call) else d)
+                    assert name != "hydra.main" or m == COMMANDS, f"{m}.{node.name} is a Hydra app"
+            exits = (
+                isinstance(node, ast.Call) and ast.unparse(node.func) in ("sys.exit", "exit")
+            ) or (isinstance(node, ast.Raise) and "SystemExit" in ast.unparse(node.exc or node))
+            assert not exits or m in (COMMANDS, "bnrepro.errors"), f"{m} exits: {ast.unparse(node)}"
+
+
+def test_the_report_imports_no_torch():
+    """bnrepro-report draws from run folders: importing it (and the tables it shares with the
+    ensemble and the plan) loads neither torch, timm nor Hydra."""
+    code = (
+        "import sys, bnrepro.figures.report, bnrepro.figures.tables\n"
+        "heavy = {'torch', 'timm', 'hydra'} & set(sys.modules)\n"
+        "assert not heavy, sorted(heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
 
 
 def test_every_module_imports_alone():
@@ -95,9 +171,7 @@ def test_one_name_one_meaning():
     command's entry point, `main(argv=None)`)."""
     owners: dict[str, list[str]] = {}
     for m in MODULES:
-        path = PACKAGE.joinpath(*m.split(".")[1:])
-        path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
-        for node in ast.parse(path.read_text()).body:
+        for node in ast.parse(source(m)).body:
             if isinstance(node, ast.FunctionDef | ast.ClassDef) and not node.name.startswith("_"):
                 owners.setdefault(node.name, []).append(m)
             if isinstance(node, ast.FunctionDef) and node.name == "main":

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bnrepro import checkpoint
-from bnrepro.checkpoint import Checkpointer, CheckpointError, CheckpointWriteError
+from bnrepro.checkpoint import Checkpointer, CheckpointError, CheckpointWriteError, RunFolder
 
 ARCH = {"name": "bn_inception", "kwargs": {"width_mult": 0.25, "num_classes": 10}}
 CLASSES = [f"n{i:08d}" for i in range(10)]
@@ -66,22 +66,25 @@ def test_other_architecture_or_classes_are_refused() -> None:
 
 
 def test_keep_last_best_and_newest_valid(tmp_path) -> None:
-    ckpts = Checkpointer(tmp_path, keep_last=2)
+    ckpts = Checkpointer(RunFolder(tmp_path), keep_last=2)
     for n, best in [(100, True), (200, False), (300, True), (400, False)]:
         ckpts.save(fake_ckpt(n), periodic=True, best=best)
-    assert [p.name for p in ckpts.existing()] == ["ckpt_000000000300.pt", "ckpt_000000000400.pt"]
-    assert checkpoint.load(ckpts.dir / "best.pt")["images_seen"] == 300
+    assert [p.name for p in ckpts.folder.periodic_checkpoints()] == [
+        "ckpt_000000000300.pt",
+        "ckpt_000000000400.pt",
+    ]
+    assert checkpoint.load(ckpts.folder.checkpoints / "best.pt")["images_seen"] == 300
     ckpts.save(fake_ckpt(450), periodic=False, best=True)  # a best eval between checkpoints
-    assert checkpoint.load(ckpts.dir / "best.pt")["images_seen"] == 450
-    assert len(ckpts.existing()) == 2
+    assert checkpoint.load(ckpts.folder.checkpoints / "best.pt")["images_seen"] == 450
+    assert len(ckpts.folder.periodic_checkpoints()) == 2
 
-    newest = ckpts.path(400)
+    newest = ckpts.folder.periodic(400)
     newest.write_bytes(newest.read_bytes()[:1000])  # killed while copying, say
     with pytest.warns(UserWarning, match="ckpt_000000000400.pt is unreadable"):
         path, ckpt = ckpts.newest_valid()
-    assert path == ckpts.path(300) and ckpt["images_seen"] == 300
+    assert path == ckpts.folder.periodic(300) and ckpt["images_seen"] == 300
     ckpts.save(fake_ckpt(350), periodic=True, best=False)  # resumed at 300: the bad 400 stays
-    assert ckpts.path(350).exists() and ckpts.path(400).exists()
+    assert ckpts.folder.periodic(350).exists() and ckpts.folder.periodic(400).exists()
 
 
 def test_config_diff_names_only_the_keys_that_define_a_run() -> None:
@@ -115,27 +118,33 @@ def _disk_fills_after(nbytes: int):
 
 
 def test_full_disk_keeps_the_previous_checkpoint_and_says_so(tmp_path, monkeypatch) -> None:
-    ckpts = Checkpointer(tmp_path, keep_last=1)
+    ckpts = Checkpointer(RunFolder(tmp_path), keep_last=1)
     ckpts.save(fake_ckpt(100), periodic=True, best=True)
-    monkeypatch.setattr(checkpoint.torch, "save", _disk_fills_after(1000))
+    monkeypatch.setattr(torch, "save", _disk_fills_after(1000))
     with pytest.raises(CheckpointWriteError, match=r"ckpt_000000000200.pt: No space left on dev"):
         ckpts.save(fake_ckpt(200), periodic=True, best=True)
     monkeypatch.undo()
     # No half-written or temp file; the previous checkpoint (not pruned) and best.pt still load.
-    assert sorted(p.name for p in ckpts.dir.iterdir()) == ["best.pt", "ckpt_000000000100.pt"]
+    assert sorted(p.name for p in ckpts.folder.checkpoints.iterdir()) == [
+        "best.pt",
+        "ckpt_000000000100.pt",
+    ]
     assert ckpts.newest_valid()[1]["images_seen"] == 100
-    assert checkpoint.load(ckpts.dir / "best.pt")["images_seen"] == 100
+    assert checkpoint.load(ckpts.folder.checkpoints / "best.pt")["images_seen"] == 100
 
 
 def test_io_error_writing_best_alone_leaves_the_old_best(tmp_path, monkeypatch) -> None:
-    ckpts = Checkpointer(tmp_path, keep_last=2)
+    ckpts = Checkpointer(RunFolder(tmp_path), keep_last=2)
     ckpts.save(fake_ckpt(100), periodic=True, best=True)
-    monkeypatch.setattr(checkpoint.torch, "save", _disk_fills_after(10))
+    monkeypatch.setattr(torch, "save", _disk_fills_after(10))
     with pytest.raises(CheckpointWriteError, match="best.pt: No space left on device.*intact"):
         ckpts.save(fake_ckpt(150), periodic=False, best=True)
     monkeypatch.undo()
-    assert sorted(p.name for p in ckpts.dir.iterdir()) == ["best.pt", "ckpt_000000000100.pt"]
-    assert checkpoint.load(ckpts.dir / "best.pt")["images_seen"] == 100
+    assert sorted(p.name for p in ckpts.folder.checkpoints.iterdir()) == [
+        "best.pt",
+        "ckpt_000000000100.pt",
+    ]
+    assert checkpoint.load(ckpts.folder.checkpoints / "best.pt")["images_seen"] == 100
 
 
 def test_training_stops_with_a_clear_message_when_the_disk_fills(tiny_overrides, tmp_path):
@@ -152,7 +161,7 @@ def test_training_stops_with_a_clear_message_when_the_disk_fills(tiny_overrides,
         (_disk_fills_after(500) if len(calls) == 2 else real_save)(obj, f)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(checkpoint.torch, "save", fails_second_time)
+        mp.setattr(torch, "save", fails_second_time)
         with pytest.raises(CheckpointWriteError, match="ckpt_000000000096.pt: No space left"):
             T.train(cfg)
     folder = tmp_path / cfg.run_name / "checkpoints"
@@ -191,13 +200,13 @@ def test_data_position_is_kept_in_global_images_and_older_checkpoints_convert() 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_non_finite_model_state_is_never_written(tmp_path, bad) -> None:
     """A diverged run must not leave a NaN checkpoint or best.pt (issue 11)."""
-    ckpts = Checkpointer(tmp_path, keep_last=2)
+    ckpts = Checkpointer(RunFolder(tmp_path), keep_last=2)
     ckpts.save(fake_ckpt(64), periodic=True, best=True)
     diverged = fake_ckpt(128, model={"w": torch.tensor([1.0, bad]), "steps": torch.tensor([3])})
     with pytest.raises(checkpoint.NonFiniteError, match="non-finite model state in w"):
         ckpts.save(diverged, periodic=True, best=True)
     with pytest.raises(checkpoint.NonFiniteError):
         ckpts.save(diverged, periodic=False, best=True)
-    assert [p.name for p in ckpts.existing()] == ["ckpt_000000000064.pt"]
-    assert checkpoint.load(ckpts.dir / "best.pt")["images_seen"] == 64
-    assert not list(ckpts.dir.glob("*.tmp"))
+    assert [p.name for p in ckpts.folder.periodic_checkpoints()] == ["ckpt_000000000064.pt"]
+    assert checkpoint.load(ckpts.folder.checkpoints / "best.pt")["images_seen"] == 64
+    assert not list(ckpts.folder.checkpoints.glob("*.tmp"))

@@ -43,9 +43,52 @@ def test_a_wrong_type_is_refused_before_anything_starts(tmp_path):
 
 def test_hydras_own_refusals_are_one_line_too(tmp_path):
     out = command("bnrepro-train", "optim.lrr=0.1", f"out_dir={tmp_path}")
-    assert_one_line(out, EXIT_USER_ERROR, "Could not override 'optim.lrr'", "+optim.lrr=0.1")
+    assert_one_line(out, EXIT_USER_ERROR, "optim.lrr is not a config key", "did you mean optim.lr?")
     out = command("bnrepro-ensemble", "checkpoints=x.pt", "crops=fast", f"out_dir={tmp_path}")
     assert_one_line(out, EXIT_USER_ERROR, "bnrepro-ensemble: error:", "crops")
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["+optim.lrr=0.1"], ["optim.lrr is not a config key", "did you mean optim.lr?"]),
+        (["runtime.amp=fp17"], ["runtime.amp='fp17'", "one of auto, none, bf16, fp16"]),
+        (["data.batch_size=0"], ["data.batch_size=0", "an integer >= 1"]),
+        (["optim.lr=nan"], ["optim.lr=nan", "a number > 0"]),  # invalid input, not divergence
+    ],
+)
+def test_bad_values_are_one_line_before_anything_is_written(tmp_path, args, words):
+    """Issue 19: each one line, exit 2, no traceback, nothing written (`+optim.lrr` trained with
+    the key ignored, `data.batch_size=0` ended in a traceback)."""
+    out = command("bnrepro-train", *args, f"out_dir={tmp_path}")
+    assert_one_line(out, EXIT_USER_ERROR, "bnrepro-train: error:", *words)
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["trainer.grad_accum=0"], ["trainer.grad_accum=0", "an integer >= 1"]),
+        (["optim.lr=fast"], ["optim.lr='fast'", "a number > 0"]),
+        (["optim.lrr=0.1"], ["optim.lrr is not a config key", "did you mean optim.lr?"]),
+        (["plan.gpu=4"], ["plan.gpu is not a config key", "did you mean plan.gpus?"]),
+        (["'optim.lr=choice(0.01,0.1)'"], ["requires --multirun"]),
+    ],
+)
+def test_bnrepro_plan_checks_its_config_as_bnrepro_train_does(args, words):
+    """Issue 19: bnrepro-plan trainer.grad_accum=0 ended in a traceback."""
+    out = command("bnrepro-plan", *[a.strip("'") for a in args])
+    assert_one_line(out, EXIT_USER_ERROR, "bnrepro-plan: error:", *words)
+
+
+def test_bnrepro_plan_takes_hydras_sweep_syntax():
+    """Issue 19: choice() and range() were not understood (plan.py parsed sweeps by hand)."""
+    out = command("bnrepro-plan", "-m", "optim.lr=choice(0.01,0.1)", "seed=range(0,2)",
+                  "data=imagenet")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| bn_x30 ")]
+    assert len(rows) == 4  # 2 LRs x 2 seeds
+    assert sorted({line.split("|")[4].strip() for line in rows}) == ["0.08", "0.8"]  # x 256/32
 
 
 def test_missing_data_and_a_sweep_of_them(tmp_path):
@@ -73,13 +116,15 @@ def test_a_run_in_this_process_leaves_the_full_error_setting_as_it_found_it(monk
     command's HYDRA_FULL_ERROR=1 (the test above failed after any in-process run)."""
     import os
 
-    from bnrepro.config import run_hydra_app
+    from bnrepro.cli import run_hydra_app
     from bnrepro.errors import FULL_ERROR_ENV
 
     monkeypatch.delenv(FULL_ERROR_ENV, raising=False)
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     seen = {}
-    run_hydra_app(lambda: seen.update(inside=os.environ.get(FULL_ERROR_ENV)), [], "bnrepro-test")
+    run_hydra_app(
+        lambda: seen.update(inside=os.environ.get(FULL_ERROR_ENV)), [], "bnrepro-test", "train"
+    )
     assert seen == {"inside": ""}  # the user's (unset) setting travels while the app runs
     assert FULL_ERROR_ENV not in os.environ and "HYDRA_FULL_ERROR" not in os.environ
 
@@ -106,7 +151,7 @@ def test_divergence_exits_3_and_a_bug_keeps_its_traceback(tmp_path, monkeypatch,
     other exception is a bug and propagates with its traceback."""
     monkeypatch.setattr(sys, "argv", ["bnrepro-train"])
 
-    def diverge(cfg):
+    def diverge(cfg, run_dir, overrides):
         raise Diverged("the loss is nan at step 3: lower optim.lr")
 
     monkeypatch.setattr(T, "train_job", diverge)
@@ -116,7 +161,7 @@ def test_divergence_exits_3_and_a_bug_keeps_its_traceback(tmp_path, monkeypatch,
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["bnrepro-train: error: the loss is nan at step 3: lower optim.lr"]
 
-    def bug(cfg):
+    def bug(cfg, run_dir, overrides):
         raise KeyError("a bug")
 
     monkeypatch.setattr(T, "train_job", bug)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -77,9 +78,6 @@ def test_the_switch_builds_dali_loaders(tree):
     train_ds, val_ds, _ = D.build_datasets(cfg)
     assert isinstance(D.build_train_loader(cfg, train_ds, seed=0, rank=0, world_size=1), DaliLoader)
     assert isinstance(D.build_val_loader(cfg, val_ds, rank=0, world_size=1), DaliLoader)
-    with pytest.raises(ValueError, match="data.decode must be cpu, gpu or dali, got 'nvjpeg'"):
-        D.build_train_loader(dali_cfg(tree, "data.decode=nvjpeg"), train_ds, seed=0, rank=0,
-                             world_size=1)  # fmt: skip
 
 
 @needs_dali
@@ -175,6 +173,44 @@ def test_unreadable_files_go_through_the_cpu_path(tree, tmp_path):
     cpu = batches(dali_cfg(str(root)), D.build_datasets(dali_cfg(str(root)))[0], epoch=0)
     assert [y.tolist() for _, y in dali] == [y.tolist() for _, y in cpu]
     assert D.skipped_files(ds) >= 1
+
+
+@needs_dali
+def test_a_file_dali_refuses_goes_through_the_cpu_path_from_then_on(tree, tmp_path):
+    """A GIF named .JPEG: the CPU path reads it, DALI's decoder refuses it (and fails its batch).
+    The refusal is found once, remembered, and the file never offered to DALI again: no failed
+    batch and no rebuilt pipeline in the next epoch. The other images keep DALI's crops."""
+    import shutil
+
+    root = tmp_path / "tree"
+    shutil.copytree(tree, root)
+    gif = root / "train" / CLASSES[1] / "train_1_0.JPEG"
+    Image.open(gif).convert("P").save(gif, "GIF")
+    cfg = dali_cfg(str(root), "data.decode=dali", "data.augment.color_strength=0.5")
+    cpu_cfg = dali_cfg(str(root), "data.augment.color_strength=0.5")
+    ds, _, _ = D.build_datasets(cfg)
+    index = [ds.split.path(i) for i in range(len(ds))].index(str(gif))
+    loader = D.build_train_loader(cfg, ds, seed=0, rank=0, world_size=1)
+    pipes = []
+    for epoch in (0, 1):
+        loader.sampler.set_epoch(epoch)
+        order = [i for i, _, _ in loader.sampler]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            dali = list(loader)
+        refusals = [str(w.message) for w in caught if "DALI cannot decode" in str(w.message)]
+        assert len(refusals) == (1 if epoch == 0 else 0) and loader.refused == {index}
+        assert all(str(gif) in text for text in refusals)
+        pipes.append(loader.pipe)
+        cpu = batches(cpu_cfg, ds, epoch=epoch)
+        at = order.index(index)
+        for b, ((x, y), (u, v)) in enumerate(zip(dali, cpu, strict=True)):
+            assert torch.equal(y, v) and (x.float() - u.float()).abs().mean() < 4
+            if b == at // 4:  # its batch: the GIF is the CPU path's image, the others DALI's
+                assert torch.equal(x[at % 4], u[at % 4])
+                assert not all(torch.equal(x[k], u[k]) for k in range(4) if k != at % 4)
+    assert pipes[0] is pipes[1]  # epoch 1 rebuilt nothing
+    assert D.skipped_files(ds) == 0  # readable: not a bad file
 
 
 def test_without_dali_the_switch_names_the_install(tree, monkeypatch):

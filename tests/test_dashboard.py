@@ -6,7 +6,14 @@ import pytest
 from wandb_workspaces import expr
 
 from bnrepro.config import compose
-from bnrepro.figures.dashboard import build_spec, build_wandb_report, experiment_names, main
+from bnrepro.errors import EXIT_USER_ERROR, UserError
+from bnrepro.figures.dashboard import (
+    NoLoginError,
+    build_spec,
+    build_wandb_report,
+    experiment_names,
+    main,
+)
 
 FIVE = ["inception", "bn_baseline", "bn_x5", "bn_x30", "bn_x5_sigmoid"]
 
@@ -68,5 +75,36 @@ def test_push_without_login_fails_with_instructions(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
     monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path))
-    with pytest.raises(SystemExit, match="needs a W&B login.*wandb login.*WANDB_API_KEY"):
+    with pytest.raises(NoLoginError, match="needs a W&B login.*wandb login.*WANDB_API_KEY"):
         main(["--experiments", "bn_x5"])
+
+
+@pytest.fixture
+def no_login(monkeypatch):
+    """wandb.Api as it is without a login: a UsageError."""
+    import wandb
+    from wandb.errors import UsageError
+
+    def api():
+        raise UsageError("api_key not configured (no-tty). call wandb.login(key=[your_api_key])")
+
+    monkeypatch.setattr(wandb, "Api", api)
+
+
+def test_push_without_login_is_a_user_error_naming_the_offline_ways(no_login):
+    with pytest.raises(UserError) as error:
+        main(["--experiments", "bn_x5"])
+    message = str(error.value)
+    assert "wandb login" in message and "--dry-run" in message and "bnrepro-report" in message
+
+
+def test_the_command_without_login_exits_2_in_one_line(no_login, capsys):
+    """A user error (2), not a bug (1): what a SystemExit with a message would give."""
+    from bnrepro import cli  # here: the command layer, not the module under test
+
+    with pytest.raises(SystemExit) as stop:
+        cli.bnrepro_dashboard(["--experiments", "bn_x5"])
+    assert stop.value.code == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith("bnrepro-dashboard: error: bnrepro-dashboard needs a W&B login")
+    assert len(err.strip().splitlines()) == 1

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import torch
 from conftest import WNIDS, cpu_runtime, write_jpeg
+from omegaconf import OmegaConf
 from PIL import Image
 
 from bnrepro import data as D
 from bnrepro.config import compose
 from bnrepro.data import layouts
 from bnrepro.data import transforms as T
-from bnrepro.errors import UserError
+from bnrepro.errors import ConfigError, DataError, UserError
 
 
 def data_cfg(root, *extra):
@@ -167,6 +168,29 @@ def test_missing_pieces_are_named(image_folder_tree):
         D.build_datasets(data_cfg(root.parent / "nowhere"))
 
 
+def test_val_images_train_cannot_label_are_data_errors(image_folder_tree, tmp_path):
+    """A val class folder, or a flat val image's label, that train/ lacks; a flat val image with
+    no label: DataErrors (exit status 2, one line) that name the file and the fix."""
+    root, _ = image_folder_tree
+    extra = tmp_path / "extra_class"
+    shutil.copytree(root, extra)
+    write_jpeg(extra / "val" / "n09999998" / "a.JPEG", (40, 40), 0)
+    with pytest.raises(DataError, match=r"n09999998 is a class that .*train does not have: remove"):
+        D.find_imagenet(extra)
+    flat = tmp_path / "flat"
+    shutil.copytree(root, flat)
+    flat_val(flat)
+    csv = flat / layouts.KAGGLE_CSV
+    header, first, *rest = csv.read_text().splitlines()
+    csv.write_text("\n".join([header, *rest]) + "\n")  # the first image loses its label
+    with pytest.raises(DataError, match=r"no label for .*ILSVRC2012_val_00000001.JPEG: "):
+        D.find_imagenet(flat)
+    name, labels = first.split(",")
+    csv.write_text("\n".join([header, f"{name},n09999999 {labels.split(' ', 1)[1]}", *rest]))
+    with pytest.raises(DataError, match=r"labelled n09999999 by .*, a class that .*train does not"):
+        D.find_imagenet(flat)
+
+
 def test_num_classes_must_match(image_folder_tree):
     root, _ = image_folder_tree
     with pytest.raises(ValueError, match="set data.num_classes=3"):
@@ -200,6 +224,20 @@ def test_bad_files_are_skipped_counted_and_warned_once(image_folder_tree, worker
     if workers == 0:  # a worker's warnings go to its own stderr, out of this process's reach
         text = "\n".join(str(w.message) for w in caught)
         assert all(text.count(name) == 1 for name in bad), text
+
+
+def test_a_folder_of_unreadable_files_is_a_data_error_naming_it(tmp_path):
+    folder = tmp_path / "train" / WNIDS[0]
+    folder.mkdir(parents=True)
+    names = [f"{k:02d}.JPEG" for k in range(40)]
+    for name in names:
+        (folder / name).write_bytes(b"not an image")
+    split = layouts.Split.of(tmp_path, [f"train/{WNIDS[0]}/{n}" for n in names], [0] * 40)
+    ds = D.ImageFiles(split, T.TrainTransform(32, T.Augment()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # one "skipping unreadable image" per file
+        with pytest.raises(DataError, match=rf"32 unreadable images in a row .* in {folder}: "):
+            ds[(3, 0, 0)]
 
 
 # ---------------------------------------------------------------- augmentation
@@ -258,8 +296,28 @@ def test_colour_distortion():
     assert T.apply_color(img, (("saturation", 0.0),)).unique().numel() == 1  # grey
     assert T.Augment(color_strength=0).color_strength == 0
     assert T.sample_color(T.Augment(color_strength=0), np.random.default_rng(0)) == ()
-    with pytest.raises(ValueError, match="min_area"):
-        T.Augment(min_area=0.5, max_area=0.1)
+
+
+@pytest.mark.parametrize(
+    ("knobs", "message"),
+    [
+        (dict(min_area=2), r"data.augment.min_area and data.augment.max_area .* got 2 and 1.0"),
+        (dict(min_area=0), "data.augment.min_area"),
+        (dict(min_area=0.5, max_area=0.1), "data.augment.min_area"),
+        (dict(min_aspect=0), "data.augment.min_aspect"),
+        (dict(min_aspect=2, max_aspect=1), "data.augment.min_aspect"),
+        (dict(color_strength=3), r"data.augment.color_strength must be in \[0, 2\], got 3"),
+    ],
+)
+def test_augment_ranges_are_config_errors(knobs, message):
+    with pytest.raises(ConfigError, match=message):
+        T.Augment(**knobs)
+
+
+@pytest.mark.parametrize("crop", [0, 40])
+def test_eval_crop_must_fit_the_resize(crop):
+    with pytest.raises(ConfigError, match=r"data.eval_crop must be in \[1, data.eval_resize=36\]"):
+        T.EvalTransform(36, crop)
 
 
 def test_eval_is_a_centre_crop_of_the_shorter_side_resize():
@@ -358,13 +416,30 @@ def test_an_epoch_resumed_on_other_world_sizes_uses_every_image_once(shuffle):
     assert sorted(used) == list(range(96))
 
 
-def test_sampler_rejects_bad_settings():
-    with pytest.raises(ValueError, match="full or shards"):
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (dict(batch_size=0), "data.batch_size must be >= 1, got 0"),  # not a ZeroDivisionError
+        (dict(batch_size=-4), "data.batch_size must be >= 1, got -4"),
+        (dict(shuffle="shards", shard_size=0), "data.shard_size must be >= 1, got 0"),
+        (dict(world_size=0), "WORLD_SIZE must be >= 1"),  # not a ZeroDivisionError
+        (dict(rank=3, world_size=3), "0 <= RANK < WORLD_SIZE"),
+        (dict(size=10, world_size=4), "fewer than one batch"),
+        (dict(shuffle="shards", shard_size=10), "set data.shard_size=12"),
+    ],
+)
+def test_sampler_settings_are_config_errors(settings, message):
+    args = dict(size=100, batch_size=4, seed=0) | settings
+    with pytest.raises(ConfigError, match=message):
+        D.EpochSampler(args.pop("size"), **args)
+
+
+def test_sampler_fails_loudly_on_a_shuffle_the_schema_should_have_refused():
+    with pytest.raises(KeyError, match="random"):  # never silently full or shards
         D.EpochSampler(100, batch_size=4, seed=0, shuffle="random")
-    with pytest.raises(ValueError, match="fewer than one batch"):
-        D.EpochSampler(10, batch_size=4, seed=0, world_size=4)
-    with pytest.raises(UserError, match="set data.shard_size=12"):
-        D.EpochSampler(100, batch_size=4, seed=0, shuffle="shards", shard_size=10)
+
+
+def test_sampler_refuses_positions_it_cannot_continue():
     sampler = D.EpochSampler(100, batch_size=4, seed=0, shuffle="shards", shard_size=8)
     with pytest.raises(UserError, match="stopped 6 images into epoch 2, not a multiple of data"):
         sampler.set_epoch(2, start_image=6)  # a resume after changing data.batch_size
@@ -394,6 +469,49 @@ def test_gpu_decode_falls_back_to_cpu_without_cuda(image_folder_tree, monkeypatc
     with pytest.warns(UserWarning, match="decoding on the CPU"):
         loader = D.build_train_loader(cfg, ds, seed=0, rank=0, world_size=1)
     assert isinstance(loader, torch.utils.data.DataLoader)
+
+
+def test_an_unknown_decoder_fails_loudly(image_folder_tree):
+    """data.decode is the config schema's to check; a value that slips past it must not quietly
+    become the CPU loader."""
+    root, _ = image_folder_tree
+    cfg = data_cfg(root)
+    train_ds, val_ds, _ = D.build_datasets(cfg)
+    cfg = OmegaConf.create({**OmegaConf.to_container(cfg), "decode": "nvjpeg"})
+    with pytest.raises(KeyError, match="nvjpeg"):
+        D.build_train_loader(cfg, train_ds, seed=0, rank=0, world_size=1)
+    with pytest.raises(KeyError, match="nvjpeg"):
+        D.build_val_loader(cfg, val_ds, rank=0, world_size=1)
+
+
+def test_device_decode_remembers_the_files_it_refuses(image_folder_tree, monkeypatch):
+    """A PNG named .JPEG: decode_jpeg refuses it, the CPU path reads it. Refused once, it goes
+    straight to the CPU path from then on: no failed batch call, no one-by-one decoding."""
+    root, _ = image_folder_tree
+    png = root / "train" / WNIDS[1] / f"{WNIDS[1]}_0.JPEG"
+    Image.open(png).save(png, "PNG")
+    cfg = data_cfg(root, "data.augment.color_strength=0.5")
+    ds, _, _ = D.build_datasets(cfg)
+    index = [ds.split.path(i) for i in range(len(ds))].index(str(png))
+    loader = D.DeviceDecodeLoader(cfg, ds, D.EpochSampler(len(ds), batch_size=4, seed=0), "cpu")
+    calls = []
+    decode_one = loader._decode_one
+    monkeypatch.setattr(loader, "_decode_one", lambda buf: calls.append(1) or decode_one(buf))
+    for epoch in (0, 1):
+        loader.sampler.set_epoch(epoch)
+        device_batches = list(loader)
+        assert loader.refused == {index}
+        cpu_batches = epoch_batches(cfg, ds, epoch=epoch)
+        order = [i for i, _, _ in loader.sampler]
+        at = order.index(index)  # the PNG's image is the CPU path's, exactly
+        assert torch.equal(device_batches[at // 4][0][at % 4], cpu_batches[at // 4][0][at % 4])
+        assert all(
+            torch.equal(y, v) for (_, y), (_, v) in zip(device_batches, cpu_batches, strict=True)
+        )
+        if epoch == 0:
+            assert len(calls) == 4  # its batch, one by one
+    assert len(calls) == 4  # epoch 1: never offered to the decoder again
+    assert D.skipped_files(ds) == 0
 
 
 def test_device_decode_path_matches_the_cpu_path(image_folder_tree):

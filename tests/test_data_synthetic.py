@@ -11,6 +11,7 @@ from bnrepro import data as D
 from bnrepro.config import compose
 from bnrepro.data.synthetic import class_specs, ensure_tree, main
 from bnrepro.data.transforms import image_size
+from bnrepro.errors import ConfigError
 
 TINY = dict(
     num_classes=3, train_per_class=4, val_per_class=2, min_side=30, max_side=50, quality=90, seed=1
@@ -45,6 +46,23 @@ def test_a_foreign_folder_is_never_overwritten(tmp_path):
     with pytest.raises(FileExistsError, match="not a synthetic tree"):
         ensure_tree(tmp_path / "mine", **TINY)
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        (dict(num_classes=1), "data.num_classes must be >= 2 for data=synthetic, got 1"),
+        (dict(min_side=0), r"data.synthetic.min_side and data.synthetic.max_side .* got 0 and 50"),
+        (dict(min_side=60), "data.synthetic.min_side and data.synthetic.max_side"),
+        (dict(quality=101), r"data.synthetic.quality must be in \[1, 100\] \(JPEG\), got 101"),
+        (dict(train_per_class=0), "data.synthetic.train_per_class and data.synthetic.val_per"),
+        (dict(val_per_class=0), "data.synthetic.train_per_class and data.synthetic.val_per"),
+    ],
+)
+def test_bad_parameters_are_config_errors(tmp_path, params, message):
+    with pytest.raises(ConfigError, match=message):
+        ensure_tree(tmp_path / "syn", **{**TINY, **params})
+    assert not (tmp_path / "syn").exists()
 
 
 def test_classes_differ_and_generation_is_reproducible(tmp_path):

@@ -15,15 +15,16 @@ import torch
 
 WORKER = """
 import os, sys, torch
+from bnrepro import builders
 from bnrepro import train as T
 from bnrepro.config import compose
 
-wrap = T.wrap_model
+wrap = builders.wrap_model
 replica = {}
 def spy(model, *args):  # keep this rank's unwrapped model, to compare it after training
     replica["model"] = model
     return wrap(model, *args)
-T.wrap_model = spy
+builders.wrap_model = spy
 T.train(compose("train", sys.argv[2:]))
 torch.save(replica["model"].state_dict(), f"{sys.argv[1]}/rank{os.environ['RANK']}.pt")
 """
@@ -55,12 +56,11 @@ def test_two_cpu_ranks_train_one_model(tiny_overrides, tmp_path):
 
 def test_resolve_device_names_the_key_in_its_errors():
     from bnrepro.distributed import resolve_device
+    from bnrepro.errors import ConfigError
 
     assert resolve_device("cpu").type == "cpu"
-    with pytest.raises(ValueError, match="device must be auto, cpu or cuda, got 'tpu'"):
-        resolve_device("tpu", key="device")
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="runtime.device=cuda but no CUDA device"):
+        with pytest.raises(ConfigError, match="runtime.device=cuda but no CUDA device"):
             resolve_device("cuda")
 
 
@@ -69,10 +69,11 @@ def test_resolve_device_names_the_key_in_its_errors():
 REPORTING_WORKER = """
 import os, signal, sys
 from pathlib import Path
+from bnrepro import engine
 from bnrepro import train as T
 from bnrepro.config import compose
 
-step = T.train_step
+step = engine.train_step
 def reporting_step(*args, **kwargs):
     out = step(*args, **kwargs)
     rank = os.environ["RANK"]
@@ -80,7 +81,7 @@ def reporting_step(*args, **kwargs):
     if os.environ.get("HANG_RANK") == rank:
         os.kill(os.getpid(), signal.SIGSTOP)
     return out
-T.train_step = reporting_step
+engine.train_step = reporting_step
 T.train(compose("train", sys.argv[2:]))
 """
 
@@ -157,13 +158,6 @@ def test_a_hung_rank_ends_the_job_after_dist_timeout(tiny_overrides, tmp_path):
     assert time.monotonic() - hung < 60, "rank 0 waited a minute for the hung rank"
     assert ranks[0].returncode != 0
     assert re.search(r"time(d)? ?out", output, re.IGNORECASE), output[-3000:]
-
-
-def test_dist_timeout_must_be_positive():
-    from bnrepro.distributed import setup
-
-    with pytest.raises(ValueError, match="runtime.dist_timeout_s must be a positive number"):
-        setup("cpu", timeout_s=0)
 
 
 RECORDING_WORKER = """

@@ -4,15 +4,17 @@ metrics.jsonl, and exits EXIT_DIVERGED unless its experiment expects it; a -m sw
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
 import torch
 
-from bnrepro import checkpoint, engine
+from bnrepro import checkpoint, cli, engine
 from bnrepro import train as T
+from bnrepro.checkpoint import RunFolder
 from bnrepro.config import compose
-from bnrepro.errors import EXIT_DIVERGED
+from bnrepro.errors import EXIT_DIVERGED, Diverged
 
 # Diverges within a few steps on every variant at the tiny scale: a non-finite loss, weight or val
 # loss, or (BN-x5-Sigmoid: BN and sigmoid keep it finite) a loss above 10 x ln(classes).
@@ -68,7 +70,7 @@ def test_any_variant_at_lr_50_ends_as_diverged(
 def test_a_nan_between_logs_is_caught_before_the_checkpoint(tiny_overrides, tmp_path, monkeypatch):
     """Logging every 48 images, a NaN loss at step 2 (32 images) still never reaches the
     evaluation and checkpoint at 48: they check the loss accumulated since the last log."""
-    step = T.train_step
+    step = engine.train_step
 
     def poisoned(model, data_iter, optimizer, scaler, runtime, stats, **kwargs):
         out = step(model, data_iter, optimizer, scaler, runtime, stats, **kwargs)
@@ -76,7 +78,7 @@ def test_a_nan_between_logs_is_caught_before_the_checkpoint(tiny_overrides, tmp_
             stats[0] = float("nan")
         return out
 
-    monkeypatch.setattr(T, "train_step", poisoned)
+    monkeypatch.setattr(engine, "train_step", poisoned)
     cfg = compose("train", [*tiny_overrides, "trainer.log_every_images=48"])
     summary = T.train(cfg)
     assert summary["diverged"] and summary["diverged_reason"] == "loss nan"
@@ -88,26 +90,28 @@ def test_a_nan_between_logs_is_caught_before_the_checkpoint(tiny_overrides, tmp_
 def test_non_finite_weights_alone_are_caught(tiny_overrides, tmp_path):
     """A weight can turn non-finite while the loss of that step was finite."""
     cfg = compose("train", tiny_overrides)
-    s = T.start(cfg, tmp_path / "run")
+    s = T.start(cfg, RunFolder(tmp_path / "run"))
     stats = torch.zeros(3)
-    assert T.divergence(s, stats) is None
+    T.check_divergence(s, stats)  # nothing to report
     name, weight = next(iter(s.model.named_parameters()))
     with torch.no_grad():
         weight.view(-1)[0] = math.inf
-    assert T.divergence(s, stats) == f"non-finite weights ({name})"
+    with pytest.raises(Diverged, match=rf"^non-finite weights \({re.escape(name)}\)$"):
+        T.check_divergence(s, stats)
     stats[0] = math.inf
-    assert T.divergence(s, stats) == "loss inf"
+    with pytest.raises(Diverged, match="^loss inf$"):
+        T.check_divergence(s, stats)
     s.tracker.close()
 
 
 def test_a_loss_far_above_a_uniform_guess_is_divergence(tiny_overrides, tmp_path):
     """trainer.diverge_loss_factor: 10 x ln(10 classes) = 23.0 nats, the mean since the last log."""
-    s = T.start(compose("train", tiny_overrides), tmp_path / "run")
-    assert T.divergence(s, torch.tensor([16 * 23.0, 0.0, 16.0])) is None
-    reason = T.divergence(s, torch.tensor([16 * 23.1, 0.0, 16.0]))
-    assert reason == "loss 23.1 > 10 x ln(10 classes)"
+    s = T.start(compose("train", tiny_overrides), RunFolder(tmp_path / "run"))
+    T.check_divergence(s, torch.tensor([16 * 23.0, 0.0, 16.0]))  # not above: no divergence
+    with pytest.raises(Diverged, match=r"^loss 23.1 > 10 x ln\(10 classes\)$"):
+        T.check_divergence(s, torch.tensor([16 * 23.1, 0.0, 16.0]))
     s.cfg.trainer.diverge_loss_factor = None
-    assert T.divergence(s, torch.tensor([16 * 1e6, 0.0, 16.0])) is None
+    T.check_divergence(s, torch.tensor([16 * 1e6, 0.0, 16.0]))
     s.tracker.close()
 
 
@@ -116,12 +120,14 @@ def test_exit_status_expected_divergence_and_sweeps(tiny_overrides, tmp_path, ca
     """bnrepro-train exits EXIT_DIVERGED, or 0 where the experiment expects divergence; in a -m
     sweep the next job still runs."""
     with pytest.raises(SystemExit) as exit_info:
-        T.main([*tiny_overrides, "experiment=bn_x30", BLOW_UP])
+        cli.bnrepro_train([*tiny_overrides, "experiment=bn_x30", BLOW_UP])
     assert exit_info.value.code == EXIT_DIVERGED
-    T.main([*tiny_overrides, "experiment=inception_x5", BLOW_UP])  # returns: exit status 0
+    cli.bnrepro_train(
+        [*tiny_overrides, "experiment=inception_x5", BLOW_UP]
+    )  # returns: exit status 0
 
     with pytest.raises(SystemExit) as exit_info:
-        T.main(["-m", *tiny_overrides, "experiment=bn_x30,inception_x5,bn_x5", BLOW_UP])
+        cli.bnrepro_train(["-m", *tiny_overrides, "experiment=bn_x30,inception_x5,bn_x5", BLOW_UP])
     assert exit_info.value.code == EXIT_DIVERGED
     summaries = sorted((tmp_path / "multirun").rglob("summary.json"))
     assert len(summaries) == 3  # the jobs after the first diverged one ran

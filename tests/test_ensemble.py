@@ -21,11 +21,13 @@ from omegaconf import OmegaConf
 from sklearn.metrics import top_k_accuracy_score
 
 from bnrepro import checkpoint, train
+from bnrepro.checkpoint import find
 from bnrepro.config import compose
 from bnrepro.data import build_datasets
+from bnrepro.errors import ConfigError, UserError
 from bnrepro.evaluation import ensemble
 from bnrepro.evaluation.crops import cut_crops
-from bnrepro.evaluation.ensemble import EnsembleError, find_checkpoints
+from bnrepro.schema import EnsembleSchema, check
 
 DATA = [o for o in TINY_TRAIN if o.startswith("data.")]  # the same tree as the trainer's tests
 WIDTH = 0.125
@@ -105,17 +107,17 @@ def test_find_checkpoints_in_files_folders_globs_and_runs(tmp_path) -> None:
     last = tmp_path / "multi" / "a_seed0" / "checkpoints" / "ckpt_000000000032.pt"
     newest = tmp_path / "multi" / "a_seed1" / "checkpoints" / "ckpt_000000000064.pt"
 
-    assert find_checkpoints(str(tmp_path / "multi")) == [last, newest]  # the end of training
-    assert find_checkpoints([str(tmp_path / "multi" / "a_seed1")]) == [newest]  # a run folder
-    assert find_checkpoints(str(tmp_path / "multi" / "a_seed*")) == [last, newest]  # a glob
-    assert find_checkpoints(str(tmp_path / "multi" / "a_seed0"), "best") == [best]  # on request
-    with pytest.raises(EnsembleError, match="a_seed1 has no best.pt: use member_checkpoint=last"):
-        find_checkpoints(str(tmp_path / "multi"), "best")
-    with pytest.raises(EnsembleError, match="member_checkpoint must be one of"):
-        find_checkpoints(str(tmp_path / "multi"), "newest")
-    assert find_checkpoints([str(tmp_path / "loose")]) == [tmp_path / "loose" / "x.pt",
+    assert find(str(tmp_path / "multi")) == [last, newest]  # the end of training
+    assert find([str(tmp_path / "multi" / "a_seed1")]) == [newest]  # a run folder
+    assert find(str(tmp_path / "multi" / "a_seed*")) == [last, newest]  # a glob
+    assert find(str(tmp_path / "multi" / "a_seed0"), "best") == [best]  # on request
+    with pytest.raises(UserError, match="a_seed1 has no best.pt: use member_checkpoint=last"):
+        find(str(tmp_path / "multi"), "best")
+    with pytest.raises(KeyError):  # the choices are the schema's: anything else is a bug
+        find(str(tmp_path / "multi"), "newest")
+    assert find([str(tmp_path / "loose")]) == [tmp_path / "loose" / "x.pt",
                                                            tmp_path / "loose" / "y.pt"]  # fmt: skip
-    assert find_checkpoints([str(best)]) == [best]
+    assert find([str(best)]) == [best]
 
 
 @pytest.mark.parametrize(
@@ -135,8 +137,8 @@ def test_find_checkpoints_refuses(tmp_path, monkeypatch, specs, message) -> None
     (tmp_path / "loose" / "x.pt").touch()
     (tmp_path / "empty").mkdir()
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
-    with pytest.raises(EnsembleError, match=message):
-        find_checkpoints(specs)
+    with pytest.raises(UserError, match=message):
+        find(specs)
 
 
 # ---------------------------------------------------------------- bad input, before any image
@@ -145,7 +147,7 @@ def test_find_checkpoints_refuses(tmp_path, monkeypatch, specs, message) -> None
 def test_missing_checkpoint_is_refused(tiny_data_root, classes, tmp_path, no_long_work) -> None:
     good = fake_checkpoint(tmp_path / "good.pt", classes)
     cfg = ensemble_cfg(tiny_data_root, tmp_path, [good, tmp_path / "missing.pt"])
-    with pytest.raises(EnsembleError, match="missing.pt does not exist"):
+    with pytest.raises(UserError, match="missing.pt does not exist"):
         ensemble.evaluate_ensemble(cfg, tmp_path / "run")
 
 
@@ -153,7 +155,7 @@ def test_truncated_checkpoint_is_refused(tiny_data_root, classes, tmp_path, no_l
     good = fake_checkpoint(tmp_path / "good.pt", classes)
     cut = fake_checkpoint(tmp_path / "cut.pt", classes)
     cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
-    with pytest.raises(EnsembleError, match="cut.pt is unreadable .truncated or corrupt"):
+    with pytest.raises(UserError, match="cut.pt is unreadable .truncated or corrupt"):
         ensemble.evaluate_ensemble(
             ensemble_cfg(tiny_data_root, tmp_path, [good, cut]), tmp_path / "run"
         )
@@ -162,7 +164,7 @@ def test_truncated_checkpoint_is_refused(tiny_data_root, classes, tmp_path, no_l
 def test_unknown_architecture_is_refused(tiny_data_root, classes, tmp_path, no_long_work) -> None:
     good = fake_checkpoint(tmp_path / "good.pt", classes)
     other = fake_checkpoint(tmp_path / "other.pt", classes, name="no_such_net")
-    with pytest.raises(EnsembleError, match="'no_such_net', which is not in timm's registry"):
+    with pytest.raises(UserError, match="'no_such_net', which is not in timm's registry"):
         ensemble.evaluate_ensemble(
             ensemble_cfg(tiny_data_root, tmp_path, [good, other]), tmp_path / "run"
         )
@@ -173,7 +175,7 @@ def test_weights_of_another_shape_are_refused(tiny_data_root, classes, tmp_path,
     saved = torch.load(ckpt, weights_only=True)
     saved["arch"]["kwargs"]["width_mult"] = 0.25  # weights of width 1/8, arch says 1/4
     checkpoint.save(ckpt, saved)
-    with pytest.raises(EnsembleError, match="weights do not fit bn_inception"):
+    with pytest.raises(UserError, match="weights do not fit bn_inception"):
         ensemble.evaluate_ensemble(ensemble_cfg(tiny_data_root, tmp_path, [ckpt]), tmp_path / "run")
 
 
@@ -184,7 +186,7 @@ def test_member_with_non_finite_weights_is_refused(tiny_data_root, classes, tmp_
     name = next(k for k, v in saved["model"].items() if k.endswith("running_var"))
     saved["model"][name][0] = float("nan")  # a buffer: weights and BN statistics both count
     torch.save(saved, tmp_path / "diverged.pt")  # checkpoint.save itself refuses such a state
-    with pytest.raises(EnsembleError, match=f"diverged.pt holds non-finite weights .{name}"):
+    with pytest.raises(UserError, match=f"diverged.pt holds non-finite weights .{name}"):
         ensemble.evaluate_ensemble(
             ensemble_cfg(tiny_data_root, tmp_path, [good, tmp_path / "diverged.pt"]),
             tmp_path / "run",
@@ -194,9 +196,7 @@ def test_member_with_non_finite_weights_is_refused(tiny_data_root, classes, tmp_
 def test_another_class_count_is_refused(tiny_data_root, classes, tmp_path, no_long_work) -> None:
     good = fake_checkpoint(tmp_path / "good.pt", classes)
     fewer = fake_checkpoint(tmp_path / "fewer.pt", classes[:5])
-    with pytest.raises(
-        EnsembleError, match="fewer.pt was trained on another class list .5 classes"
-    ):
+    with pytest.raises(UserError, match="fewer.pt was trained on another class list .5 classes"):
         ensemble.evaluate_ensemble(
             ensemble_cfg(tiny_data_root, tmp_path, [good, fewer]), tmp_path / "run"
         )
@@ -208,23 +208,21 @@ def test_another_class_list_than_the_val_set_is_refused(
     renamed = [f"n9{c[2:]}" for c in classes]  # same count, other wnids
     a = fake_checkpoint(tmp_path / "a.pt", renamed)
     b = fake_checkpoint(tmp_path / "b.pt", renamed, seed=1)
-    with pytest.raises(EnsembleError, match="a.pt was trained on 10 classes .* the val set has 10"):
+    with pytest.raises(UserError, match="a.pt was trained on 10 classes .* the val set has 10"):
         ensemble.evaluate_ensemble(ensemble_cfg(tiny_data_root, tmp_path, [a, b]), tmp_path / "run")
 
 
 def test_empty_val_set_is_refused(tiny_data_root, classes, tmp_path, no_long_work) -> None:
     good = fake_checkpoint(tmp_path / "good.pt", classes)
     cfg = ensemble_cfg(tiny_data_root, tmp_path, [good], "max_images=0")
-    with pytest.raises(EnsembleError, match="val set .* is empty"):
+    with pytest.raises(UserError, match="val set .* is empty"):
         ensemble.evaluate_ensemble(cfg, tmp_path / "run")
 
 
-def test_bad_crop_count_is_refused(tiny_data_root, classes, tmp_path, no_long_work) -> None:
+def test_bad_crop_count_is_refused(tiny_data_root, classes, tmp_path) -> None:
     good = fake_checkpoint(tmp_path / "good.pt", classes)
-    with pytest.raises(EnsembleError, match="crops must be one of"):
-        ensemble.evaluate_ensemble(
-            ensemble_cfg(tiny_data_root, tmp_path, [good], "crops=12"), tmp_path / "run"
-        )
+    with pytest.raises(ConfigError, match="crops=12 is not valid: crops takes one of 1, 10, 144"):
+        check(ensemble_cfg(tiny_data_root, tmp_path, [good], "crops=12"), EnsembleSchema)
 
 
 # ---------------------------------------------------------------- which checkpoint, which pipeline
@@ -295,8 +293,8 @@ def test_population_statistics_use_each_members_own_training_pipeline(
 
 
 def test_cli_exits_non_zero_with_one_line(tmp_path) -> None:
-    cmd = [sys.executable, "-m", "bnrepro.evaluation.ensemble", f"checkpoints=[{tmp_path}/none.pt]",
-           f"out_dir={tmp_path}"]  # fmt: skip
+    cmd = [str(Path(sys.executable).parent / "bnrepro-ensemble"),
+           f"checkpoints=[{tmp_path}/none.pt]", f"out_dir={tmp_path}"]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == (
@@ -429,7 +427,8 @@ def test_population_statistics_are_reported_beside(trained_members, tiny_data_ro
 
 @pytest.mark.slow
 def test_cli_runs_as_a_job(trained_members, tiny_data_root, tmp_path) -> None:
-    cmd = [sys.executable, "-m", "bnrepro.evaluation.ensemble", f"checkpoints=[{trained_members}/*member0*,{trained_members}/*member1*]",
+    cmd = [str(Path(sys.executable).parent / "bnrepro-ensemble"),
+           f"checkpoints=[{trained_members}/*member0*,{trained_members}/*member1*]",
            *DATA, f"data.root={tiny_data_root}", f"out_dir={tmp_path}", "crops=10",
            "max_images=8", "runtime.progress=false"]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from bnrepro.errors import ConfigError
 from bnrepro.figures.fig1 import PERCENTILES, SigmoidMLP, init_gaussian, main
 
 
@@ -78,5 +79,5 @@ def test_reduced_run_writes_png_and_json(tmp_path):
     ],
 )
 def test_bad_arguments_are_named(tmp_path, args, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         main([*args, "--png", str(tmp_path / "f.png"), "--json", str(tmp_path / "f.json")])

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from bnrepro import checkpoint, engine
+from bnrepro import builders, checkpoint, engine
 from bnrepro import data as D
 from bnrepro import train as T
 from bnrepro.config import compose
@@ -53,11 +53,11 @@ def no_tf32():
 def cuda_step(tiny_overrides: list[str], *options: str):
     """A tiny model on cuda:0, its optimizer and scaler, and an endless iterator of one batch."""
     cfg = compose("train", [*tiny_overrides, *CUDA, *options])
-    dat = engine.build_data(cfg, rank=0, world_size=1)
+    dat = builders.build_data(cfg, rank=0, world_size=1)
     runtime = engine.build_runtime(cfg.runtime, cfg.data, torch.device("cuda"))
-    engine.seed_everything(0)
-    model = engine.build_model(cfg, dat.classes).cuda()
-    optimizer = T.build_optimizer(model, cfg.optim, 0.01)
+    builders.seed_everything(0)
+    model = builders.build_model(cfg, dat.classes).cuda()
+    optimizer = builders.build_optimizer(model, cfg.optim, 0.01)
     # A small initial scale: no genuine overflow in the first steps of a fresh network.
     fp16 = runtime.amp_dtype == torch.float16
     scaler = torch.amp.GradScaler("cuda", init_scale=1024.0, enabled=fp16)
@@ -85,7 +85,7 @@ def test_amp_training_steps(tiny_overrides, amp, dtype):
     before = params_of(model)
     stats = torch.zeros(3, device="cuda")
     for _ in range(3):
-        T.train_step(model, batches, optimizer, scaler, runtime, stats)
+        engine.train_step(model, batches, optimizer, scaler, runtime, stats)
     assert torch.isfinite(stats).all() and stats[2].item() == 3 * len(images)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert not same_params(before, model)
@@ -94,15 +94,15 @@ def test_amp_training_steps(tiny_overrides, amp, dtype):
 def test_fp16_grad_scaler_skips_an_inf_step_and_halves_the_scale(tiny_overrides):
     model, optimizer, scaler, runtime, batches, _ = cuda_step(tiny_overrides, "runtime.amp=fp16")
     stats = torch.zeros(3, device="cuda")
-    T.train_step(model, batches, optimizer, scaler, runtime, stats)  # a clean step first
+    engine.train_step(model, batches, optimizer, scaler, runtime, stats)  # a clean step first
     scale, before = scaler.get_scale(), params_of(model)
     weight = next(p for p in model.parameters() if p.ndim > 1)
     hook = weight.register_hook(lambda grad: torch.full_like(grad, float("inf")))  # an overflow
-    T.train_step(model, batches, optimizer, scaler, runtime, stats)
+    engine.train_step(model, batches, optimizer, scaler, runtime, stats)
     hook.remove()
     assert scaler.get_scale() == scale * scaler.get_backoff_factor() == scale / 2
     assert same_params(before, model)  # skipped: no weight moved, not even by momentum or decay
-    T.train_step(model, batches, optimizer, scaler, runtime, stats)
+    engine.train_step(model, batches, optimizer, scaler, runtime, stats)
     assert scaler.get_scale() == scale / 2  # it grows back only after 2000 clean steps
     assert not same_params(before, model)
 
@@ -164,7 +164,7 @@ def test_compiled_runs_checkpoint_the_plain_model_and_resume(
 
 def test_population_statistics_on_cuda_equal_the_cpu(tiny_overrides, no_tf32):
     model, *_ = cuda_step(tiny_overrides, *FP32)
-    cpu_model = engine.build_model(compose("train", tiny_overrides), [str(i) for i in range(10)])
+    cpu_model = builders.build_model(compose("train", tiny_overrides), [str(i) for i in range(10)])
     cpu_model.load_state_dict(model.state_dict())
     torch.manual_seed(0)
     batches = [torch.randn(16, 3, 32, 32) for _ in range(3)]
@@ -243,21 +243,21 @@ NCCL_WORKER = """
 import json, sys
 import torch.distributed as dist
 from torch import nn
-from bnrepro import distributed, train as T
+from bnrepro import builders, distributed, train as T
 from bnrepro.config import compose
 
 dist.init_process_group("nccl")  # torchrun's environment: world size 1
 # bnrepro wraps in DDP (and SyncBN) only for world size > 1: force it, to run them on one GPU.
 distributed.Dist.enabled = property(lambda self: True)
 seen = {}
-wrap = T.wrap_model
+wrap = builders.wrap_model
 def spy(model, *args):
     step_model = wrap(model, *args)
     seen["wrapper"] = type(step_model).__name__
     seen["sync_bn"] = sum(isinstance(m, nn.SyncBatchNorm) for m in step_model.modules())
     seen["backend"] = dist.get_backend()
     return step_model
-T.wrap_model = spy
+builders.wrap_model = spy
 seen["images_seen"] = T.train(compose("train", sys.argv[2:]))["images_seen"]
 with open(sys.argv[1], "w") as f:
     json.dump(seen, f)

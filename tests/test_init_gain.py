@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
+from bnrepro.builders import build_optimizer
 from bnrepro.evaluation.bn_stats import recompute_bn_stats
-from bnrepro.train import build_optimizer
 
 GAIN = 1.5
 KWARGS = dict(num_classes=10, width_mult=0.125, batch_norm=True, dropout=0.0)

@@ -57,7 +57,7 @@ def test_an_installed_wheel_records_version_and_commit(tmp_path, tiny_overrides)
     code = (
         "import sys, bnrepro, bnrepro.train as T\n"
         f"assert bnrepro.__file__.startswith({str(site)!r}), bnrepro.__file__\n"
-        "T.main(sys.argv[1:])\n"
+        "from bnrepro.cli import bnrepro_train\nbnrepro_train(sys.argv[1:])\n"
     )
     env = dict(os.environ, PYTHONPATH=str(site))
     cmd = [sys.executable, "-c", code, *overrides, "trainer.max_images=48", f"out_dir={out_dir}"]

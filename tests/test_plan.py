@@ -10,8 +10,10 @@ from omegaconf import OmegaConf
 
 from bnrepro import plan
 from bnrepro import train as T
-from bnrepro.config import CONFIG_DIR, compose
+from bnrepro.cli import bnrepro_plan
+from bnrepro.config import CONFIG_DIR, compose, sweep
 from bnrepro.errors import EXIT_USER_ERROR
+from bnrepro.figures.tables import paper_steps_text
 from bnrepro.paper import BN_X30_PEAK_STEPS, FIGURE3, PAPER_BATCH
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,11 +30,11 @@ MUST_COVER = {
     "bn_x5_sigmoid": BN_X30_PEAK_STEPS,
     "bn_x30_ensemble": BN_X30_PEAK_STEPS,
 }
-SETTINGS = plan.load_settings([])
+PLOT_HEIGHT = compose("plan").plan.plot_height
 
 
-def make(experiment: str, *overrides: str, settings=SETTINGS) -> plan.Plan:
-    return plan.make_plan(compose("train", [f"experiment={experiment}", *overrides]), settings)
+def make(experiment: str, *overrides: str) -> plan.Plan:
+    return plan.make_plan(compose("plan", [f"experiment={experiment}", *overrides]))
 
 
 def test_every_experiment_has_a_budget_of_its_own():
@@ -68,8 +70,7 @@ def test_plan_of_inception_covers_figure3():
 @pytest.mark.parametrize("gpus", [1, 8, 16])
 def test_lr_after_warmup_is_the_papers_lr_times_global_over_32(gpus):
     """BN-x30: 0.045 x global batch / 32, decayed x0.94 per 2 epochs already passed."""
-    settings = plan.load_settings([f"gpus={gpus}"])
-    p = make("bn_x30", *IMAGENET, settings=settings)
+    p = make("bn_x30", *IMAGENET, f"plan.gpus={gpus}")
     assert p.global_batch == 32 * gpus and p.effective_lr == pytest.approx(0.045 * gpus)
     images, lr = next((i, lr) for i, lr in p.curve if i > p.warmup_images)
     decays = images // (2 * 1_281_167)
@@ -85,7 +86,7 @@ def test_plan_matches_what_the_loop_does(tiny_overrides, tmp_path):
     overrides = [*tiny_overrides, "optim.warmup_images=48", "optim.decay_epochs=0.1",
                  "trainer.keep_last=10"]  # fmt: skip
     cfg = compose("train", overrides)
-    p = plan.make_plan(cfg, plan.load_settings(["gpus=1"]))
+    p = plan.make_plan(compose("plan", [*overrides, "plan.gpus=1"]))
     T.train(cfg)
     run_dir = tmp_path / cfg.run_name
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -99,8 +100,7 @@ def test_plan_matches_what_the_loop_does(tiny_overrides, tmp_path):
 
 
 def test_measured_throughput_replaces_the_flop_estimate():
-    settings = plan.load_settings(["images_per_s=2000"])
-    p = make("bn_x30", *IMAGENET, settings=settings)
+    p = make("bn_x30", *IMAGENET, "plan.images_per_s=2000")
     assert p.gpu_hours == pytest.approx(p.max_images / 2000 / 3600)
     flops = make("bn_x30", *IMAGENET)
     train_hours = p.max_images * 3 * flops.gflops_per_image * 1e9 / 100e12 / 3600
@@ -108,7 +108,7 @@ def test_measured_throughput_replaces_the_flop_estimate():
 
 
 def test_one_table_for_the_paper(capsys):
-    plan.main(["-m", f"experiment={','.join(FIVE)}", *IMAGENET])
+    bnrepro_plan(["-m", f"experiment={','.join(FIVE)}", *IMAGENET])
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line]
     assert [r.split("|")[1].strip() for r in rows] == ["experiment", *FIVE]
@@ -117,7 +117,7 @@ def test_one_table_for_the_paper(capsys):
 
 
 def test_single_plan_prints_everything(capsys):
-    plan.main(["experiment=inception", *IMAGENET, "plan.gpus=16"])
+    bnrepro_plan(["experiment=inception", *IMAGENET, "plan.gpus=16"])
     out = capsys.readouterr().out
     for words in ("global batch     512", "effective LR     0.024", "warmup           rises over",
                   "decays           109", "1,120,000,000 images = 35.0e6 paper steps",
@@ -125,27 +125,32 @@ def test_single_plan_prints_everything(capsys):
                   "GPU-hours", "LR against paper steps"):  # fmt: skip
         assert words in out, words
     plot = out.split("LR against paper steps:\n")[1].splitlines()
-    assert len(plot) == SETTINGS.plot_height + 2 and plot[0].startswith("    0.024 |")
+    assert len(plot) == PLOT_HEIGHT + 2 and plot[0].startswith("    0.024 |")
 
 
 @pytest.mark.parametrize(
     "args, message",
-    [(["plan.gpu=2"], "Key 'gpu' is not in struct"), (["experiment=nope"], "experiment/nope"),
-     (["--bogus"], "unknown option --bogus"), (["plan.gpus=0"], "must be >= 1")],
+    [(["plan.gpu=2"], "plan.gpu is not a config key"), (["experiment=nope"], "experiment/nope"),
+     (["--bogus"], "--bogus"), (["plan.gpus=0"], "plan.gpus takes an integer >= 1")],
 )  # fmt: skip
 def test_bad_input_is_one_line(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        plan.main(args)
+        bnrepro_plan(args)
     assert exit_info.value.code == EXIT_USER_ERROR
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
 
 
-def test_sweep_expands_comma_lists_only():
-    assert plan.sweep(["experiment=a,b", "seed=1", "checkpoints=[x,y]"]) == [
+def test_sweep_is_hydras():
+    """Comma lists, choice(), range(); a list value is one value."""
+    assert sweep(["experiment=a,b", "seed=1", "checkpoints=[x,y]"]) == [
         ["experiment=a", "seed=1", "checkpoints=[x,y]"],
         ["experiment=b", "seed=1", "checkpoints=[x,y]"],
     ]
+    assert sweep(["optim.lr=choice(0.01,0.1)", "seed=range(0,2)"]) == [
+        ["optim.lr=0.01", "seed=0"], ["optim.lr=0.01", "seed=1"],
+        ["optim.lr=0.1", "seed=0"], ["optim.lr=0.1", "seed=1"],
+    ]  # fmt: skip
 
 
 README_NAMES = {"Inception": "inception", "BN-Baseline": "bn_baseline", "BN-x5": "bn_x5",
@@ -162,7 +167,7 @@ def test_results_readme_budgets_are_the_configs():
         cells = [c.strip() for c in line.strip("|").split("|")]
         if line.startswith("| ") and cells[0] in README_NAMES and len(cells) == 7:
             p = make(README_NAMES[cells[0]], *IMAGENET)
-            assert cells[5] == plan.paper_steps_text(p.paper_steps), cells[0]
+            assert cells[5] == paper_steps_text(p.paper_steps), cells[0]
             assert cells[6] == f"{p.gpu_hours:.3g}", cells[0]
             seen.add(cells[0])
     assert seen == set(README_NAMES)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bnrepro.config import compose
+from bnrepro.errors import EXIT_USER_ERROR, UserError
 from bnrepro.figures import report
 from bnrepro.train import train
 
@@ -59,26 +60,94 @@ def test_cli_writes_figures_and_tables(two_runs, tmp_path):
     assert (tmp_path / "rep" / "figure2.png").stat().st_size > 10_000
 
 
-def test_missing_or_empty_folder_is_a_clear_error(tmp_path):
-    with pytest.raises(SystemExit, match="no metrics.jsonl"):
+def test_missing_or_empty_folder_is_a_user_error(tmp_path):
+    """A UserError, not a SystemExit of its own: the command layer prints it in one line."""
+    with pytest.raises(report.ReportError, match="no metrics.jsonl"):
         report.main([str(tmp_path), "--out", str(tmp_path / "rep")])
-    with pytest.raises(SystemExit, match="does not exist"):
+    with pytest.raises(report.ReportError, match="does not exist"):
         report.main([str(tmp_path / "nope")])
+    assert issubclass(report.ReportError, UserError)
 
 
-def test_figure4_table_beside_the_paper():
-    rows = [
-        {
-            "model": "ensemble",
-            "resolution": 64,
-            "crops": 144,
-            "models": 6,
-            "top1_error": 0.5,
-            "top5_error": 0.1,
-        }
-    ]
-    md = report.figure4_markdown(rows)
-    assert "| ensemble | 64 | 144 | 6 | 50.0% | 10.0% | 20.1% | 4.9% |" in md
+def test_the_command_ends_a_user_error_in_one_line_and_exit_status_2(tmp_path, capsys):
+    from bnrepro import cli  # here: the command layer, not the module under test
+
+    with pytest.raises(SystemExit) as stop:
+        cli.bnrepro_report([str(tmp_path / "nope"), "--out", str(tmp_path / "rep")])
+    assert stop.value.code == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith("bnrepro-report: error: ") and "nope does not exist" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_each_wrong_input_is_named(tmp_path):
+    """A run folder without config.yaml, a metrics.jsonl that is not JSON lines, runs with no
+    evaluation yet, a missing --ensemble path, a results.json that is not JSON."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "metrics.jsonl").write_text('{"step": 1}\n')
+    with pytest.raises(report.ReportError, match="no config.yaml"):
+        report.load_runs([tmp_path / "a"])
+    (tmp_path / "a" / "config.yaml").write_text("experiment_name: inception\n")
+    with pytest.raises(report.ReportError, match="no val/top1"):
+        report.main([str(tmp_path / "a"), "--out", str(tmp_path / "rep")])
+    (tmp_path / "a" / "metrics.jsonl").write_text('{"step": 1, "val/top1": 0.5}\n{"step": ')
+    with pytest.raises(report.ReportError, match="not a metrics file"):
+        report.load_runs([tmp_path / "a"])
+    fake_run_folder(tmp_path / "b", "inception", 0, [0.5])
+    args = [str(tmp_path / "b"), "--out", str(tmp_path / "rep"), "--ensemble"]
+    with pytest.raises(report.ReportError, match="--ensemble .*nope does not exist"):
+        report.main([*args, str(tmp_path / "nope")])
+    (tmp_path / "results.json").write_text("{")
+    with pytest.raises(report.ReportError, match="not a results.json"):
+        report.main([*args, str(tmp_path / "results.json")])
+    curves = report.val_curves(report.load_runs([tmp_path / "b"]))
+    with pytest.raises(report.ReportError, match="no 'bn_x30' run"):
+        report.figure3_table(curves, reference="bn_x30")
+
+
+def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
+    """main no longer turns every ValueError into a one-line exit: only the project's errors are
+    the user's."""
+    fake_run_folder(tmp_path, "inception", 0, [0.5])
+
+    def broken(*args, **kwargs):
+        raise ValueError("a bug in the report")
+
+    monkeypatch.setattr(report, "build_report", broken)
+    with pytest.raises(ValueError, match="a bug in the report"):
+        report.main([str(tmp_path), "--out", str(tmp_path / "rep")])
+
+
+def test_wandb_without_login_or_runs_is_a_user_error(monkeypatch):
+    import wandb
+    from wandb.errors import UsageError
+
+    def no_login():
+        raise UsageError("api_key not configured (no-tty)")
+
+    monkeypatch.setattr(wandb, "Api", no_login)
+    with pytest.raises(report.ReportError, match="cannot read W&B project .*wandb login"):
+        report.load_wandb("me/bnrepro")
+
+    class NoRuns:
+        def runs(self, project, filters=None):
+            assert (project, filters) == ("me/bnrepro", {"group": "bn_x30"})
+            return []
+
+    monkeypatch.setattr(wandb, "Api", NoRuns)
+    with pytest.raises(report.ReportError, match="has no runs"):
+        report.load_wandb("me/bnrepro/bn_x30")
+
+
+def test_the_report_imports_neither_torch_timm_nor_hydra():
+    """A plotting command: its tables come from bnrepro.figures.tables, not the ensemble."""
+    code = (
+        "import sys, bnrepro.figures.report, bnrepro.figures.tables\n"
+        "print(sorted({'torch', 'timm', 'hydra'} & set(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
 
 
 def test_figure4_says_when_members_were_selected_on_the_val_set(tmp_path):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bnrepro.evaluation.ensemble import percent
+from bnrepro.figures.tables import paper_percent, percent
 from bnrepro.paper import FIGURE3, FIGURE4
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -34,11 +34,6 @@ def tables(path: Path) -> list[list[dict]]:
         elif not set(line) <= set("|-: "):
             found[-1].append(dict(zip(header, cells, strict=True)))
     return found
-
-
-def paper_percent(x: float | None) -> str:
-    """The paper's numbers as it prints them (21.99%, 4.9%)."""
-    return "-" if x is None else f"{100 * x:.4g}%"
 
 
 def load(path: Path) -> dict:

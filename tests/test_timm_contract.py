@@ -360,7 +360,6 @@ def _bnrepro_checkpoint(path, model: nn.Module, **arch_kwargs):
         model, opt, CosineLRScheduler(opt, t_initial=10), torch.amp.GradScaler("cpu", enabled=False),
         checkpoint.Progress(), arch={"name": NAME, "kwargs": arch_kwargs},
         classes=[str(i) for i in range(model.num_classes)], config={}, wandb_run_id=None,
-        metrics={},
     )  # fmt: skip
     checkpoint.save(path, ckpt)
     return path

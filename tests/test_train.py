@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from hydra.errors import ConfigCompositionException
 
-from bnrepro import checkpoint, engine
+from bnrepro import builders, checkpoint, engine
 from bnrepro import train as T
 from bnrepro.checkpoint import CheckpointError
 from bnrepro.config import CONFIG_DIR, compose, effective_lr
@@ -43,10 +43,10 @@ def test_every_experiment_trains_and_fits_a_fixed_batch(experiment, tiny_overrid
     assert (run_dir / "checkpoints" / "ckpt_000000000032.pt").is_file()
 
     # The same model and optimizer, five steps on one batch: its loss goes down.
-    dat = engine.build_data(cfg, rank=0, world_size=1)
+    dat = builders.build_data(cfg, rank=0, world_size=1)
     runtime = engine.build_runtime(cfg.runtime, cfg.data, torch.device("cpu"))
-    model = engine.build_model(cfg, dat.classes)
-    optimizer = T.build_optimizer(model, cfg.optim, effective_lr(cfg.optim.lr, 16))
+    model = builders.build_model(cfg, dat.classes)
+    optimizer = builders.build_optimizer(model, cfg.optim, effective_lr(cfg.optim.lr, 16))
     images, labels = next(iter(dat.train_loader))
 
     def loss() -> float:  # train mode (BN on batch statistics), the same dropout mask each time
@@ -58,7 +58,7 @@ def test_every_experiment_trains_and_fits_a_fixed_batch(experiment, tiny_overrid
     fixed_batch = iter(lambda: (0, 1, images, labels), None)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     for _ in range(5):
-        T.train_step(model, fixed_batch, optimizer, scaler, runtime, torch.zeros(3))
+        engine.train_step(model, fixed_batch, optimizer, scaler, runtime, torch.zeros(3))
     assert loss() < before
 
 
@@ -128,8 +128,8 @@ def test_unknown_config_keys_fail_in_hydra(tiny_overrides):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("trainer.max_images=0.5", "trainer.max_images must be a positive number"),
-        ("trainer.grad_accum=0", "trainer.grad_accum must be an integer >= 1"),
+        ("trainer.max_images=0.5", "trainer.max_images takes a whole number >= 1"),
+        ("trainer.grad_accum=0", "trainer.grad_accum takes an integer >= 1"),
         ("trainer.preempt_signal=WAKEUP", "is no signal"),
     ],
 )

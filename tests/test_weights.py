@@ -18,8 +18,10 @@ from conftest import cpu_runtime, write_jpeg
 from omegaconf import OmegaConf
 from torch import nn
 
-from bnrepro import checkpoint, engine
+from bnrepro import builders, checkpoint, engine
+from bnrepro.cli import bnrepro_convert
 from bnrepro.config import CONFIG_DIR, compose
+from bnrepro.data import WholeImages
 from bnrepro.evaluation import bn_stats, ensemble
 from bnrepro.evaluation.crops import cut_crops
 from bnrepro.weights import (
@@ -213,7 +215,7 @@ def test_checkpoint_carries_architecture_classes_and_normalisation(reference):
     assert ckpt["classes"][0] == "n01440764" and len(ckpt["classes"]) == 1000
     # bnrepro-bn-stats rebuilds the network from the config: it must give the same arch
     cfg = OmegaConf.merge(ckpt["config"], {"data": {"root": "/nowhere"}})
-    assert engine.arch_of(cfg, ckpt["classes"]) == ckpt["arch"]
+    assert builders.arch_of(cfg, ckpt["classes"]) == ckpt["arch"]
     imagenet = OmegaConf.load(f"{CONFIG_DIR}/data/imagenet.yaml")
     assert cfg.data.keys() == imagenet.keys()
 
@@ -231,12 +233,12 @@ def test_cli_refuses_bad_input_with_one_line_and_keeps_files(reference, tmp_path
     cases.append(([str(tmp_path / "list.pth"), str(tmp_path / "o.pt")], "not a state dict"))
     for argv, message in cases:
         with pytest.raises(SystemExit) as exit_info:
-            main(argv)
+            bnrepro_convert(argv)
         assert exit_info.value.code == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1
     assert out.read_bytes() == b"keep me" and not (tmp_path / "o.pt").exists()
-    main([str(src), str(out), "--force"])  # the legacy serialisation reads too
+    bnrepro_convert([str(src), str(out), "--force"])  # the legacy serialisation reads too
     assert checkpoint.load(out)["arch"]["name"] == "bn_inception"
 
 
@@ -248,7 +250,9 @@ def test_ensemble_members_get_their_checkpoints_normalisation():
     runtime = cpu_runtime(data)
 
     def member(normalization):
-        return ensemble.Member(Path("x.pt"), "x", None, nn.Identity(), [], 3, 0, {}, normalization)
+        loaded = checkpoint.Loaded(Path("x.pt"), nn.Identity(), {"name": "x", "kwargs": {}}, [],
+                                   {}, 0, normalization, None)  # fmt: skip
+        return ensemble.Member(loaded, "x")
 
     caffe = (list(CAFFE_MEAN), list(CAFFE_STD))
     own = (list(data.mean), list(data.std))
@@ -274,7 +278,7 @@ def test_converted_model_gives_the_ports_logits(reference, converted):
     image = photo_224()
     expected = reference_logits(reference, image)
 
-    member = ensemble.load_member(converted)  # as bnrepro-ensemble loads and normalises it
+    (member,) = ensemble.load_members([str(converted)], "last")  # as bnrepro-ensemble does
     imagenet = OmegaConf.load(f"{CONFIG_DIR}/data/imagenet.yaml")
     (runtime,) = ensemble.member_runtimes([member], cpu_runtime(imagenet))
     with torch.no_grad():
@@ -335,7 +339,7 @@ def test_bnrepro_ensemble_evaluates_the_converted_file(
     probs = np.load(tmp_path / "run" / "probs.npz")["probs"][0]
     _, val_ds, _ = ensemble.build_datasets(cfg.data)
     for i in range(2):
-        image = ensemble.ValImages(val_ds, None)[i][0]
+        image = WholeImages(val_ds, None)[i][0]
         crop = cut_crops(image, 1, 224)
         expected = reference_logits(reference, crop).softmax(-1)[0]
         np.testing.assert_allclose(probs[i], expected.numpy(), rtol=1e-3, atol=1e-6)

@@ -2,18 +2,26 @@
 
 layouts     where the files are (three ImageNet layouts) -> Split
 transforms  decoding and the paper's augmentation (docs/paper.md section 3)
-datasets    ImageFiles / ArrayImages, skipping unreadable files; build_datasets(data_cfg)
+datasets    ImageFiles / ArrayImages / WholeImages, skipping unreadable files; build_datasets
 sampler     the training order (full or shard shuffling), per rank, resumable
+encoded     what the device decoders share: workers that read bytes and draw crops, the batch
 gpu_decode  data.decode=gpu: batched JPEG decoding and augmentation on the GPU
-loaders     build_train_loader / build_val_loader
+dali        data.decode=dali: NVIDIA DALI decodes the crops our code chose (the `dali` extra)
+loaders     build_train_loader / build_val_loader / whole_image_loader (the data.decode switch)
 synthetic   the synthetic ImageNet-shaped JPEG tree (bnrepro-synthetic)
 mnist       real MNIST digits offline
 """
 
-from bnrepro.data.datasets import ArrayImages, ImageFiles, build_datasets, skipped_files
+from bnrepro.data.datasets import (
+    ArrayImages,
+    ImageFiles,
+    WholeImages,
+    build_datasets,
+    skipped_files,
+)
 from bnrepro.data.gpu_decode import DeviceDecodeLoader
 from bnrepro.data.layouts import Split, find_imagenet
-from bnrepro.data.loaders import build_train_loader, build_val_loader
+from bnrepro.data.loaders import build_train_loader, build_val_loader, whole_image_loader
 from bnrepro.data.sampler import EpochSampler
 
 __all__ = [
@@ -22,9 +30,11 @@ __all__ = [
     "EpochSampler",
     "ImageFiles",
     "Split",
+    "WholeImages",
     "build_datasets",
     "build_train_loader",
     "build_val_loader",
     "find_imagenet",
     "skipped_files",
+    "whole_image_loader",
 ]

@@ -16,8 +16,11 @@ about one fixed centre per image, TF's contrast about each channel's own mean; i
 is a linear map in YIQ space, TF's adjust_hue/adjust_saturation work in the HSV hexcone and clip
 saturation to [0, 1]; and TF-slim leaves values unclipped between ops in one of four orders.
 
-Files DALI cannot take (unreadable ones, or a batch its decoder refuses) go through the CPU path,
-which also skips and counts bad files (datasets.ImageFiles.try_load).
+The workers and the batch assembly are encoded.py's, shared with decode=gpu. Files DALI cannot
+take go through the CPU path, which also skips and counts bad files (datasets.ImageFiles.try_load):
+unreadable ones, and the ones its decoder refuses. A refused file fails its whole batch and leaves
+the pipeline unusable: the pipeline is rebuilt, the batch's files are run one at a time to find
+the refused one, and that file is remembered (`loader.refused`) and never offered to DALI again.
 
 Speed: the workers read files and draw crops ahead (the DataLoader's prefetch); DALI runs one
 batch at a time when the loop asks for it, while the GPU still works through the step queued
@@ -28,16 +31,15 @@ before. Whether this or decode=gpu keeps the GPU busier is what scripts/bench_gp
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Sampler
 
-from bnrepro.data import transforms as T
-from bnrepro.data.datasets import ImageFiles, augment_rng
-from bnrepro.data.sampler import loader_kwargs
+from bnrepro.data.datasets import ImageFiles
+from bnrepro.data.encoded import Encoded, EncodedLoader
 from bnrepro.errors import UserError
 
 
@@ -56,31 +58,6 @@ def import_dali():
             "(or use data.decode=cpu / gpu)"
         ) from err
     return nvidia.dali
-
-
-class EncodedFiles(Dataset):
-    """Worker side: a file's bytes and the box/flip/colour the CPU path would use for it, drawn
-    from the same (seed, epoch, index) stream (training) or the centre box (evaluation)."""
-
-    def __init__(self, ds: ImageFiles):
-        self.ds = ds
-
-    def __len__(self) -> int:
-        return len(self.ds)
-
-    def __getitem__(self, key: int | tuple[int, int, int]):
-        index, epoch, seed = key if isinstance(key, tuple) else (key, 0, 0)
-        label = int(self.ds.split.labels[index])
-        read = self.ds.try_load(index, lambda data: (data, T.image_size(data)))
-        if read is None:  # unreadable (warned, counted): the CPU path takes the next readable one
-            return key, None, None, label
-        data, (w, h) = read
-        t = self.ds.transform
-        if self.ds.train:
-            params = T.sample_train(w, h, t.aug, augment_rng(seed, epoch, index))
-        else:
-            params = T.TrainParams(T.eval_box(w, h, t.resize, t.crop), False, ())
-        return key, np.frombuffer(data, dtype=np.uint8), params, label
 
 
 def _pipeline(size: int, device: str, batch_size: int, num_threads: int, device_id: int | None):
@@ -108,7 +85,7 @@ def _pipeline(size: int, device: str, batch_size: int, num_threads: int, device_
     return pipe
 
 
-class DaliLoader:
+class DaliLoader(EncodedLoader):
     """Batches (uint8 [B, 3, S, S] on `device`, int64 [B]) of `ds` in `sampler`'s order.
 
     Training: `sampler` is the EpochSampler (`loader.sampler.set_epoch(epoch, start_image)`),
@@ -126,13 +103,9 @@ class DaliLoader:
         import_dali()
         if device not in ("cpu", "cuda"):
             raise ValueError(f"DALI runs on cpu or cuda, got {device!r}")
-        self.ds, self.sampler, self.device = ds, sampler, device
+        super().__init__(cfg, ds, sampler, device, drop_last=drop_last)
         self.size = ds.transform.size if ds.train else ds.transform.crop
         self.batch_size, self.num_threads = int(cfg.batch_size), max(1, int(cfg.num_workers))
-        self.files = DataLoader(
-            EncodedFiles(ds), batch_size=self.batch_size, sampler=sampler, drop_last=drop_last,
-            collate_fn=list, **loader_kwargs(cfg),
-        )  # fmt: skip
         self.pipe = self._build()
         self.copy_stream = None  # CUDA: made on first use
 
@@ -140,51 +113,39 @@ class DaliLoader:
         device_id = torch.cuda.current_device() if self.device == "cuda" else None
         return _pipeline(self.size, self.device, self.batch_size, self.num_threads, device_id)
 
-    def __len__(self) -> int:
-        return len(self.files)
+    def decode_batch(self, samples: list[Encoded]) -> list[torch.Tensor | None]:
+        try:
+            return list(self._run(samples))
+        except RuntimeError:  # a file its decoder refuses fails the batch and the pipeline
+            self.pipe = self._build()
+        return [self._run_alone(s) for s in samples]  # which file: the loader remembers it
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for batch in self.files:
-            yield self._batch(batch)
+    def _run_alone(self, sample: Encoded) -> torch.Tensor | None:
+        """DALI's crop of one sample, or None (and a new pipeline) if it refuses the file."""
+        try:
+            return self._run([sample])[0]
+        except RuntimeError as err:
+            self.pipe = self._build()  # a failed pipeline is not reused
+            # DALI's message: the operator, its traceback, then "encountered:" and the reason
+            reason = " ".join(str(err).split("encountered:")[-1].split())
+            warnings.warn(
+                f"DALI cannot decode {self.ds.split.path(sample.index)}: it goes through the CPU "
+                f"path from now on ({reason})",
+                stacklevel=2,
+            )
+            return None
 
-    def _batch(self, batch: list) -> tuple[torch.Tensor, torch.Tensor]:
-        ok = [i for i, b in enumerate(batch) if b[1] is not None]
-        images: list[torch.Tensor | None] = [None] * len(batch)
-        if ok:
-            try:
-                images_ok = self._run([batch[i] for i in ok])
-            except RuntimeError as err:  # a file DALI's decoder refuses: this batch on the CPU
-                warnings.warn(
-                    f"DALI failed on a batch, decoding it on the CPU: {err}", stacklevel=2
-                )
-                self.pipe = self._build()  # a failed pipeline is not reused
-            else:
-                for i, image in zip(ok, images_ok, strict=True):
-                    images[i] = image
-        color_ops, labels = [], []
-        for i, (key, _, params, label) in enumerate(batch):
-            if images[i] is None:  # unreadable or refused: the CPU path (colour included)
-                image, label = self.ds[key]
-                images[i] = image.to(self.device)
-                color_ops.append(())
-            else:
-                color_ops.append(params.color_ops)
-            labels.append(label)
-        out = torch.stack(images)
-        T.apply_color_batch(out, color_ops)  # TF-slim's colour ops, batched on the device
-        return out, torch.tensor(labels, dtype=torch.int64)
-
-    def _run(self, batch: list) -> torch.Tensor:
+    def _run(self, batch: list[Encoded]) -> torch.Tensor:
         """DALI's crops of `batch` (samples with bytes and params): uint8 [n, 3, S, S]."""
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
-        boxes = [b[2].box for b in batch]
-        self.pipe.feed_input("jpegs", [b[1] for b in batch])
+        boxes = [s.params.box for s in batch]
+        self.pipe.feed_input("jpegs", [s.data for s in batch])
         self.pipe.feed_input("anchor", [np.array(box[:2], np.float32) for box in boxes])
         self.pipe.feed_input(
             "shape", [np.array((x1 - x0, y1 - y0), np.float32) for x0, y0, x1, y1 in boxes]
         )
-        self.pipe.feed_input("flip", [np.array(b[2].flip, np.int32) for b in batch])
+        self.pipe.feed_input("flip", [np.array(s.params.flip, np.int32) for s in batch])
         (crops,) = self.pipe.run()  # returns once the batch is decoded
         dense = crops.as_tensor()
         out = torch.empty(dense.shape(), dtype=torch.uint8, device=self.device)

@@ -9,6 +9,7 @@ file; evaluation leaves it out.
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 from collections.abc import Callable
 from typing import TypeVar
@@ -23,7 +24,7 @@ from bnrepro.data import transforms as T
 from bnrepro.data.layouts import Split, find_imagenet
 from bnrepro.data.mnist import load_mnist
 from bnrepro.data.synthetic import ensure_tree
-from bnrepro.errors import ConfigError
+from bnrepro.errors import ConfigError, DataError
 
 MAX_BAD_IN_A_ROW = 32  # this many unreadable files in a row means a broken tree, not bad luck
 TAG_SHUFFLE, TAG_SHARDS, TAG_AUGMENT = 1, 2, 3  # keep the random streams apart
@@ -56,9 +57,12 @@ class ImageFiles(Dataset):
             image = self.try_load(i, functools.partial(self._transform, i, epoch, seed))
             if image is not None:
                 return image, int(self.split.labels[i])
-        raise RuntimeError(
-            f"{MAX_BAD_IN_A_ROW} unreadable images in a row after {self.split.path(index)}: "
-            "is data.root an image tree?"
+        folder = os.path.dirname(self.split.path(index))
+        raise DataError(
+            f"{MAX_BAD_IN_A_ROW} unreadable images in a row from {self.split.path(index)} on, in "
+            f"{folder}: data.root={self.split.root} does not hold readable images there (each one "
+            "is warned about with its error); restore or remove those files, or point data.root "
+            "at an intact copy"
         )
 
     def _transform(self, i: int, epoch: int, seed: int, data: bytes) -> torch.Tensor:
@@ -100,6 +104,26 @@ class ArrayImages(Dataset):
     def __getitem__(self, key: int | tuple[int, int, int]) -> tuple[torch.Tensor, int]:
         index = key[0] if isinstance(key, tuple) else key
         return self.images[index], int(self.labels[index])
+
+
+class WholeImages(Dataset):
+    """A val set's images decoded whole (uint8 [C, H, W]) with their labels, for test-time crops
+    cut later on the device from this one decode (bnrepro-ensemble). An unreadable file gives
+    None: left out, warned about and counted (`try_load`), never replaced by another image."""
+
+    def __init__(self, val_ds: ImageFiles | ArrayImages, limit: int | None = None) -> None:
+        self.val_ds = val_ds
+        self.n = len(val_ds) if limit is None else min(limit, len(val_ds))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int]:
+        if not isinstance(self.val_ds, ImageFiles):  # in-memory images (MNIST)
+            return self.val_ds[i]
+        image = self.val_ds.try_load(i, T.decode)  # RGB uint8 [H, W, 3]
+        label = int(self.val_ds.split.labels[i])
+        return (None if image is None else torch.from_numpy(image).permute(2, 0, 1)), label
 
 
 def skipped_files(dataset: Dataset) -> int:

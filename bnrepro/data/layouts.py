@@ -93,7 +93,10 @@ def _class_folders(
     paths, labels = [], []
     for name in names:
         if name not in index:
-            raise ValueError(f"{folder / name} is a class that train/ does not have")
+            raise DataError(
+                f"{folder / name} is a class that {root / 'train'} does not have: remove that "
+                "folder, or restore the class's training images"
+            )
         files = _image_files(folder / name)
         if not files:
             raise DataError(
@@ -129,9 +132,15 @@ def _flat_val(val_dir: Path, root: Path, classes: list[str], search: list[Path])
     for f in files:
         wnid = wnid_of.get(f.rsplit(".", 1)[0])
         if wnid is None:
-            raise ValueError(f"{source} has no label for {val_dir / f}")
+            raise DataError(
+                f"{source} has no label for {val_dir / f}: remove that file from {val_dir}, or "
+                "use the labels of the download it came with"
+            )
         if wnid not in index:
-            raise ValueError(f"{val_dir / f} is labelled {wnid} by {source}: not a class of train/")
+            raise DataError(
+                f"{val_dir / f} is labelled {wnid} by {source}, a class that {root / 'train'} "
+                "does not have: restore that class's training images, or remove the file"
+            )
         labels.append(index[wnid])
     prefix = os.path.relpath(val_dir, root)
     return Split.of(root, [os.path.join(prefix, f) for f in files], labels)

@@ -18,14 +18,23 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
-from bnrepro.data.datasets import ImageFiles
+from bnrepro.data.datasets import ImageFiles, WholeImages
 from bnrepro.data.gpu_decode import DeviceDecodeLoader
 from bnrepro.data.sampler import EpochSampler, loader_kwargs
 
 if TYPE_CHECKING:
     from bnrepro.data.dali import DaliLoader
 
-DECODERS = ("cpu", "gpu", "dali")
+# data.decode -> who decodes image files for (training, evaluation). The config schema admits only
+# these keys (bnrepro/schema.py); another value is a KeyError here, never a silent CPU loader.
+_DECODED_BY = {"cpu": ("cpu", "cpu"), "gpu": ("gpu", "cpu"), "dali": ("dali", "dali")}
+DECODERS = tuple(_DECODED_BY)
+
+
+def _decoder(data_cfg: DictConfig, ds: Dataset, *, train: bool) -> str:
+    """Who decodes `ds`: data.decode's choice for image files, the CPU for in-memory arrays."""
+    by = _DECODED_BY[data_cfg.decode][0 if train else 1]
+    return by if isinstance(ds, ImageFiles) else "cpu"
 
 
 def _dali_device() -> str:
@@ -46,13 +55,12 @@ def build_train_loader(
         shuffle=data_cfg.shuffle,
         shard_size=data_cfg.shard_size,
     )
-    if data_cfg.decode not in DECODERS:
-        raise ValueError(f"data.decode must be cpu, gpu or dali, got {data_cfg.decode!r}")
-    if data_cfg.decode == "dali" and isinstance(train_ds, ImageFiles):
+    decoder = _decoder(data_cfg, train_ds, train=True)
+    if decoder == "dali":
         from bnrepro.data.dali import DaliLoader  # the optional extra: imported only when asked
 
         return DaliLoader(data_cfg, train_ds, sampler, device=_dali_device())
-    if data_cfg.decode == "gpu" and isinstance(train_ds, ImageFiles):
+    if decoder == "gpu":
         if torch.cuda.is_available():
             return DeviceDecodeLoader(data_cfg, train_ds, sampler, device="cuda")
         warnings.warn(
@@ -69,10 +77,27 @@ def build_val_loader(
 ) -> DataLoader | DaliLoader:
     """Centre crops (uint8) of this rank's every world_size-th image, in order, not padded."""
     indices = list(range(rank, len(val_ds), world_size))
-    if data_cfg.decode == "dali" and isinstance(val_ds, ImageFiles):
+    if _decoder(data_cfg, val_ds, train=False) == "dali":
         from bnrepro.data.dali import DaliLoader
 
         return DaliLoader(data_cfg, val_ds, indices, device=_dali_device(), drop_last=False)
     return DataLoader(
         val_ds, batch_size=data_cfg.batch_size, sampler=indices, **loader_kwargs(data_cfg)
     )
+
+
+def _whole_images_batch(batch: list) -> tuple[list[torch.Tensor], torch.Tensor, int]:
+    """(decoded images, labels, number of unreadable files left out)."""
+    good = [(image, label) for image, label in batch if image is not None]
+    return [im for im, _ in good], torch.tensor([lb for _, lb in good]), len(batch) - len(good)
+
+
+def whole_image_loader(
+    images: WholeImages, batch_images: int, num_workers: int, device: torch.device
+) -> DataLoader:
+    """Batches of (whole decoded images: a list, their sizes differ; labels; unreadable files
+    left out), decoded in the workers."""
+    return DataLoader(
+        images, batch_size=max(1, batch_images), num_workers=num_workers,
+        collate_fn=_whole_images_batch, pin_memory=device.type == "cuda",
+    )  # fmt: skip

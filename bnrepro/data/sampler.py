@@ -51,15 +51,25 @@ class EpochSampler(Sampler):
         shuffle: str = "full",
         shard_size: int = 1024,
     ):
-        if shuffle not in ("full", "shards"):
-            raise ConfigError(f"data.shuffle must be full or shards, got {shuffle!r}")
+        if batch_size < 1:
+            raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
+        if shard_size < 1:
+            raise ConfigError(f"data.shard_size must be >= 1, got {shard_size}")
+        if world_size < 1 or not 0 <= rank < world_size:  # the launcher's (torchrun, srun)
+            raise ConfigError(
+                f"rank {rank} of world size {world_size}: WORLD_SIZE must be >= 1 and "
+                "0 <= RANK < WORLD_SIZE"
+            )
+        # data.shuffle is checked by the config schema (bnrepro/schema.py): another value is a
+        # KeyError here, never silently one of the two.
+        self.by_shards = {"full": False, "shards": True}[shuffle]
         if size < batch_size * world_size:
             raise ConfigError(
                 f"{size} training images give {size // world_size} per rank over {world_size} "
                 f"ranks, fewer than one batch (data.batch_size={batch_size}): lower the batch size"
             )
-        if shuffle == "shards" and shard_size % batch_size:
-            raise UserError(
+        if self.by_shards and shard_size % batch_size:
+            raise ConfigError(
                 f"data.shuffle=shards keeps each batch a fixed group of one shard, so "
                 f"data.shard_size={shard_size} must be a multiple of data.batch_size={batch_size}: "
                 f"set data.shard_size={-(-shard_size // batch_size) * batch_size}"
@@ -84,7 +94,7 @@ class EpochSampler(Sampler):
                 f"the checkpoint stopped {start_image} images into epoch {epoch}, past this "
                 f"training set's {self.size} images: resume on the data it was trained on"
             )
-        if self.shuffle == "shards" and start_image % self.batch_size:
+        if self.by_shards and start_image % self.batch_size:
             raise DataPositionError(
                 f"the checkpoint stopped {start_image} images into epoch {epoch}, not a multiple "
                 f"of data.batch_size={self.batch_size}: under data.shuffle=shards the rest of the "
@@ -96,7 +106,7 @@ class EpochSampler(Sampler):
     def order(self, epoch: int) -> np.ndarray:
         """The whole set's order in `epoch` (before the split between ranks)."""
         rng = np.random.default_rng([self.seed, epoch, TAG_SHUFFLE])
-        if self.shuffle == "full":
+        if not self.by_shards:
             return rng.permutation(self.size)
         fixed = np.random.default_rng([self.seed, TAG_SHARDS]).permutation(self.size)
         full_shards = self.size // self.shard_size

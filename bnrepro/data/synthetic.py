@@ -31,7 +31,7 @@ from omegaconf import OmegaConf
 from PIL import Image, ImageDraw
 
 from bnrepro.config import CONFIG_DIR
-from bnrepro.errors import DataError, UserError
+from bnrepro.errors import ConfigError, DataError, UserError
 
 
 class NotASyntheticTree(UserError, FileExistsError):
@@ -46,7 +46,7 @@ TEXTURES = ("solid", "hstripes", "vstripes", "checks", "dots")
 def class_specs(num_classes: int, seed: int) -> list[tuple[str, str, str, int]]:
     """(wnid, shape, texture, colour family or -1) per class, in sorted-wnid order."""
     if num_classes < 2:
-        raise ValueError(f"the synthetic set needs at least 2 classes, got {num_classes}")
+        raise ConfigError(f"data.num_classes must be >= 2 for data=synthetic, got {num_classes}")
     rng = np.random.default_rng([seed, 0])
     combos = [(s, t) for s in SHAPES for t in TEXTURES]
     families = math.ceil(num_classes / len(combos))
@@ -179,10 +179,18 @@ def ensure_tree(
 ) -> Path:
     """The synthetic tree at `root`, generated there unless it already exists with the same
     parameters. A folder that is neither empty nor a synthetic tree is an error, never removed."""
-    if not (0 < min_side <= max_side) or not (1 <= quality <= 100):
-        raise ValueError("data.synthetic needs 0 < min_side <= max_side and 1 <= quality <= 100")
+    if not 0 < min_side <= max_side:
+        raise ConfigError(
+            "data.synthetic.min_side and data.synthetic.max_side must satisfy 0 < min_side <= "
+            f"max_side (pixels), got {min_side} and {max_side}"
+        )
+    if not 1 <= quality <= 100:
+        raise ConfigError(f"data.synthetic.quality must be in [1, 100] (JPEG), got {quality}")
     if train_per_class < 1 or val_per_class < 1:
-        raise ValueError("data.synthetic needs train_per_class >= 1 and val_per_class >= 1")
+        raise ConfigError(
+            "data.synthetic.train_per_class and data.synthetic.val_per_class must be >= 1, got "
+            f"{train_per_class} and {val_per_class}"
+        )
     params = dict(
         version=VERSION, num_classes=num_classes, train_per_class=train_per_class,
         val_per_class=val_per_class, min_side=min_side, max_side=max_side, quality=quality,
@@ -250,7 +258,3 @@ def main(argv: list[str] | None = None) -> None:
         val_per_class=a.val_per_class, min_side=a.min_side, max_side=a.max_side,
         quality=a.quality, seed=a.seed,
     )  # fmt: skip
-
-
-if __name__ == "__main__":
-    main()

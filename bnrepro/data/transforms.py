@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from bnrepro.errors import ConfigError
+
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in original-image pixels
 
 # Photometric distortion at strength 1: TF-slim's inception_preprocessing.distort_color with
@@ -56,17 +58,17 @@ class Augment:
 
     def __post_init__(self) -> None:
         if not 0 < self.min_area <= self.max_area <= 1:
-            raise ValueError(
-                f"data.augment needs 0 < min_area <= max_area <= 1, got {self.min_area}, "
-                f"{self.max_area}"
+            raise ConfigError(
+                "data.augment.min_area and data.augment.max_area must satisfy 0 < min_area <= "
+                f"max_area <= 1 (fractions of the image), got {self.min_area} and {self.max_area}"
             )
         if not 0 < self.min_aspect <= self.max_aspect:
-            raise ValueError(
-                f"data.augment needs 0 < min_aspect <= max_aspect, got {self.min_aspect}, "
-                f"{self.max_aspect}"
+            raise ConfigError(
+                "data.augment.min_aspect and data.augment.max_aspect must satisfy 0 < min_aspect "
+                f"<= max_aspect, got {self.min_aspect} and {self.max_aspect}"
             )
         if not 0 <= self.color_strength <= 2:
-            raise ValueError(
+            raise ConfigError(
                 f"data.augment.color_strength must be in [0, 2], got {self.color_strength}"
             )
 
@@ -311,8 +313,11 @@ class EvalTransform:
     """File bytes -> uint8 [3, crop, crop]: shorter side to `resize`, centre `crop`."""
 
     def __init__(self, resize: int, crop: int):
-        if crop > resize:
-            raise ValueError(f"data.eval_crop ({crop}) must be <= data.eval_resize ({resize})")
+        if not 0 < crop <= resize:
+            raise ConfigError(
+                f"data.eval_crop must be in [1, data.eval_resize={resize}], got {crop}: the centre "
+                "crop of the image resized to shorter side data.eval_resize"
+            )
         self.resize, self.crop = resize, crop
 
     def __call__(self, data: bytes) -> torch.Tensor:

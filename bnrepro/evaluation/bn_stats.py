@@ -20,13 +20,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from bnrepro import checkpoint, distributed, engine
+from bnrepro import builders, checkpoint, distributed, engine
 from bnrepro.config import CONFIG_DIR
 from bnrepro.errors import ConfigError
+from bnrepro.schema import BnStatsSchema, check
 
 
 @torch.no_grad()
@@ -93,7 +94,7 @@ def population_model(
 
 def population_eval(
     model: nn.Module,
-    data: engine.Data,
+    data: builders.Data,
     runtime: engine.Runtime,
     num_batches: int,
     *,
@@ -108,6 +109,40 @@ def population_eval(
     return {k.replace("val/", "val_popstats/"): v for k, v in metrics.items()}
 
 
+# Where the data is and how it is read: the command's. The rest of a checkpoint's data config
+# (augmentation, batch size, shuffling) is how its training batches were made.
+DATA_LOCATION = ("root", "num_workers", "decode", "synthetic")
+
+
+def training_pipeline(checkpoint_config: dict, data: DictConfig) -> DictConfig:
+    """The data config a checkpoint was trained with (colour strength, batch size, ...: the
+    batches Algorithm 2 must average over), reading the images where `data` says they are; `data`
+    itself for a checkpoint without its config."""
+    own = checkpoint_config.get("data")
+    if not own:
+        return data
+    return OmegaConf.merge(own, {k: data[k] for k in DATA_LOCATION if k in data})
+
+
+def checkpoint_config(loaded: checkpoint.Loaded, overrides: list[str]) -> DictConfig:
+    """The checkpoint's own config (its data pipeline, its seed) on this machine's runtime
+    defaults, with the command line's `overrides` of seed, data.* and runtime.*, checked."""
+    keys = [o.split("=", 1)[0].lstrip("+") for o in overrides]
+    outside = [k for k in keys if k.split(".")[0] not in ("seed", "data", "runtime")]
+    if outside:
+        raise ConfigError(f"bnrepro-bn-stats takes overrides of seed, data.* and runtime.* only, "
+                          f"got {', '.join(outside)}")  # fmt: skip
+    runtime = OmegaConf.load(Path(CONFIG_DIR, "runtime", "default.yaml"))
+    saved = {k: loaded.config[k] for k in ("seed", "data") if k in loaded.config}
+    cfg = OmegaConf.merge({"runtime": runtime, "seed": 0}, saved)
+    try:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+    except ValueError as e:  # an override without "="
+        raise ConfigError(f"overrides are key=value: {e}") from e
+    check(cfg, BnStatsSchema)
+    return cfg
+
+
 def main(argv: list[str] | None = None) -> None:
     """bnrepro-bn-stats: Algorithm 2 on a checkpoint; prints val top-1/top-5 before and after."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -116,32 +151,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", type=int, default=100, help="training batches to average")
     parser.add_argument("--out", help="write a checkpoint with the population statistics here")
     args = parser.parse_args(argv)
+    if args.batches < 1:
+        raise ConfigError(f"--batches must be >= 1, got {args.batches}")
 
-    ckpt = checkpoint.load(args.checkpoint)
-    # The checkpoint's own config (its data pipeline), on this machine's runtime defaults.
-    runtime_defaults = OmegaConf.create(
-        {"runtime": OmegaConf.load(Path(CONFIG_DIR, "runtime", "default.yaml"))}
-    )
-    cfg = OmegaConf.merge(runtime_defaults, ckpt["config"], OmegaConf.from_dotlist(args.overrides))
+    loaded = checkpoint.load_model(args.checkpoint)
+    cfg = checkpoint_config(loaded, args.overrides)
     device = distributed.resolve_device(cfg.runtime.device, key="runtime.device")
     runtime = engine.build_runtime(cfg.runtime, cfg.data, device)
-    data = engine.build_data(cfg, rank=0, world_size=1)
-    arch = engine.arch_of(cfg, data.classes)
-    checkpoint.check_compatible(ckpt, arch, data.classes, args.checkpoint)
-    model = engine.build_model(cfg, data.classes)
-    model.load_state_dict(ckpt["model"])
-    model.to(device)
+    data = builders.build_data(cfg, rank=0, world_size=1)
+    if loaded.classes != data.classes:
+        raise checkpoint.CheckpointError(
+            f"checkpoint {args.checkpoint} was trained on {len(loaded.classes)} classes (first "
+            f"{loaded.classes[:3]}), the data has {len(data.classes)} (first {data.classes[:3]}): "
+            "point data.root at the data it was trained on"
+        )
+    model = loaded.model.to(device)
     before = engine.evaluate(model, data.val_loader, runtime)
     population = population_model(model, data.train_loader, runtime, args.batches)
     after = engine.evaluate(population, data.val_loader, runtime)
     print(f"moving averages:  top1 {before['val/top1']:.4f}  top5 {before['val/top5']:.4f}")
     print(f"population stats: top1 {after['val/top1']:.4f}  top5 {after['val/top5']:.4f}")
     if args.out:
+        ckpt = checkpoint.load(args.checkpoint)
         ckpt["model"] = {k: v.cpu() for k, v in population.state_dict().items()}
         ckpt["metrics"] = {**ckpt.get("metrics", {}), "val_popstats/top1": after["val/top1"]}
         checkpoint.save(Path(args.out), ckpt)
         print(f"checkpoint with population statistics: {args.out}")
-
-
-if __name__ == "__main__":
-    main()

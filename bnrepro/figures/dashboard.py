@@ -8,7 +8,8 @@ Each panel plots one metric against `paper_steps` (images / 32, what Figures 2 a
 with the runs grouped by W&B group (= `experiment_name`, set by logger/wandb.yaml): one line per
 variant, the mean over its seeds, shaded by their standard deviation [ours: stddev rather than
 min-max]. The spec is built from the experiment configs alone (`build_spec`, pure data, tested
-offline); only `push` talks to W&B, and it stops with a clear message without a login.
+offline); only `push` talks to W&B, and without a login it raises NoLoginError (a UserError:
+the command ends in one line and exit status 2).
 """
 
 from __future__ import annotations
@@ -18,13 +19,17 @@ import json
 from pathlib import Path
 
 from bnrepro.config import CONFIG_DIR, compose
-from bnrepro.errors import ConfigError, MissingExtraError
+from bnrepro.errors import ConfigError, MissingExtraError, UserError
 
 X_AXIS = "paper_steps"  # logged by bnrepro.tracking beside every metric
 PANELS = (  # (metric, title): Figure 2's curve first, then what explains it
     ("val/top1", "Validation top-1 (single crop) vs paper steps"),
     ("train/loss", "Training loss vs paper steps"),
 )
+
+
+class NoLoginError(UserError):
+    """Creating the report needs a W&B login; the message names the login and the offline ways."""
 
 
 def experiment_names() -> list[str]:
@@ -116,9 +121,10 @@ def push(spec: dict) -> str:
     try:
         api = wandb.Api()
     except UsageError as e:
-        raise SystemExit(
+        raise NoLoginError(
             "bnrepro-dashboard needs a W&B login to create the report: run `wandb login` or set "
-            "WANDB_API_KEY (and --entity). `bnrepro-dashboard --dry-run` prints the spec offline."
+            "WANDB_API_KEY (and --entity). Offline: `bnrepro-dashboard --dry-run` prints the spec, "
+            "`bnrepro-report RUN_FOLDER...` compares the variants (Figures 2-3) from run folders."
         ) from e
     if not spec["entity"]:
         spec = dict(spec, entity=api.default_entity)
@@ -146,7 +152,3 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(spec, indent=1))
         return
     print(f"created {push(spec)}")
-
-
-if __name__ == "__main__":
-    main()

@@ -277,7 +277,3 @@ def main(argv: list[str] | None = None) -> None:
                 f" | {bn['p15'][i]:+.2f}/{bn['p50'][i]:+.2f}/{bn['p85'][i]:+.2f}"
             )
     print(f"{result['runtime_s']} s of training; wrote {args.png} and {args.json}")
-
-
-if __name__ == "__main__":
-    main()

@@ -25,30 +25,38 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
-from bnrepro.evaluation.ensemble import SELECTED_ON_VAL, figure4_markdown, paper_percent, percent
-from bnrepro.paper import FIGURE3, PAPER_DIVERGED
+from bnrepro.checkpoint import RunFolder
+from bnrepro.errors import UserError
+from bnrepro.figures.tables import SELECTED_ON_VAL, figure3_markdown, figure4_markdown
+from bnrepro.paper import FIGURE3
+
+
+class ReportError(UserError):
+    """Run folders, W&B runs or ensemble results that cannot make a report; the message says
+    what to give instead."""
+
 
 ORDER = ["inception", "bn_baseline", "bn_x5", "bn_x30", "bn_x5_sigmoid", "inception_sigmoid",
          "inception_x5"]  # fmt: skip
 
 
-def _run_config(run_dir: Path) -> dict:
-    if (run_dir / "config.yaml").is_file():  # written by bnrepro-train when the run starts
-        return yaml.safe_load((run_dir / "config.yaml").read_text())
-    raise FileNotFoundError(f"{run_dir}: no config.yaml: is it a bnrepro-train run folder?")
+def _run_config(run: RunFolder) -> dict:
+    if run.config.is_file():  # written by bnrepro-train when the run starts
+        return yaml.safe_load(run.config.read_text())
+    raise ReportError(f"{run.path}: no {run.config.name}: is it a bnrepro-train run folder?")
 
 
-def find_runs(paths: list[str | Path]) -> list[Path]:
-    """Run folders (those holding metrics.jsonl) at or below each path."""
+def find_runs(paths: list[str | Path]) -> list[RunFolder]:
+    """Run folders (those holding their metrics file) at or below each path."""
     runs = []
     for path in map(Path, paths):
         if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist")
-        found = [path] if (path / "metrics.jsonl").is_file() else []
-        found = found or sorted(p.parent for p in path.rglob("metrics.jsonl"))
+            raise ReportError(f"{path} does not exist: give a run folder or a multirun folder")
+        found = RunFolder.below(path, having="metrics")
         if not found:
-            raise FileNotFoundError(
-                f"no metrics.jsonl at or below {path}: is it a bnrepro-train run folder?"
+            raise ReportError(
+                f"no {RunFolder(path).metrics.name} at or below {path}: is it a bnrepro-train "
+                "run folder?"
             )
         runs += found
     return runs
@@ -57,14 +65,21 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
 def load_runs(paths: list[str | Path]) -> pd.DataFrame:
     """One row per logged line of every run, with its run folder, experiment and seed."""
     frames = []
-    for run_dir in find_runs(paths):
-        cfg = _run_config(run_dir)
-        df = pd.read_json(run_dir / "metrics.jsonl", lines=True)
-        df["run"] = str(run_dir)
-        df["experiment"] = cfg.get("experiment_name", run_dir.name)
+    for run in find_runs(paths):
+        cfg = _run_config(run)
+        df = _read_metrics(run.metrics)
+        df["run"] = str(run.path)
+        df["experiment"] = cfg.get("experiment_name", run.path.name)
         df["seed"] = cfg.get("seed", 0)
         frames.append(df)
     return pd.concat(frames, ignore_index=True)
+
+
+def _read_metrics(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_json(path, lines=True)
+    except ValueError as err:  # pandas' word for a line that is not JSON: the file, not the code
+        raise ReportError(f"{path}: not a metrics file written by bnrepro-train ({err})") from err
 
 
 def load_wandb(path: str) -> pd.DataFrame:
@@ -75,19 +90,22 @@ def load_wandb(path: str) -> pd.DataFrame:
     project, group = "/".join(parts[:2]), (parts[2] if len(parts) > 2 else None)
     try:
         api = wandb.Api()
-        runs = api.runs(project, filters={"group": group} if group else None)
-        frames = []
-        for run in runs:
-            df = pd.DataFrame(list(run.scan_history()))
-            df["run"], df["experiment"] = run.id, run.group
-            df["seed"] = run.config.get("seed", 0)
-            frames.append(df)
-    except Exception as err:  # no login, no network, unknown project: say which and how to fix
-        raise SystemExit(
-            f"cannot read W&B project {path!r}: {err}\n(run `wandb login` first)"
+        runs = [
+            (run.id, run.group, run.config.get("seed", 0), list(run.scan_history()))
+            for run in api.runs(project, filters={"group": group} if group else None)
+        ]
+    # No login (UsageError), no network (CommError, OSError), no such project (ValueError).
+    except (wandb.errors.Error, ValueError, OSError) as err:
+        raise ReportError(
+            f"cannot read W&B project {path!r}: {err} (run `wandb login` first)"
         ) from err
-    if not frames:
-        raise SystemExit(f"W&B project {path!r} has no runs")
+    if not runs:
+        raise ReportError(f"W&B project {path!r} has no runs")
+    frames = []
+    for run_id, experiment, seed, history in runs:
+        df = pd.DataFrame(history)
+        df["run"], df["experiment"], df["seed"] = run_id, experiment, seed
+        frames.append(df)
     return pd.concat(frames, ignore_index=True)
 
 
@@ -102,7 +120,7 @@ def diverged_runs(df: pd.DataFrame) -> pd.DataFrame:
 def val_curves(df: pd.DataFrame) -> pd.DataFrame:
     """Validation top-1 per (experiment, seed, paper_steps)."""
     if "val/top1" not in df:
-        raise ValueError("no val/top1 in the metrics: did the runs reach their first evaluation?")
+        raise ReportError("no val/top1 in the metrics: did the runs reach their first evaluation?")
     val = df.dropna(subset=["val/top1"])
     return val[["experiment", "seed", "run", "paper_steps", "val/top1"]].sort_values("paper_steps")
 
@@ -128,7 +146,7 @@ def figure3_table(
     curves = curves[~curves["run"].isin(set(diverged["run"]))]
     mean = curves.groupby(["experiment", "paper_steps"], as_index=False)["val/top1"].mean()
     if reference not in set(mean["experiment"]) and len(mean):  # none: every run diverged
-        raise ValueError(f"no {reference!r} run among {sorted(set(mean['experiment']))}")
+        raise ReportError(f"no {reference!r} run among {sorted(set(mean['experiment']))}")
     target = float(mean[mean["experiment"] == reference]["val/top1"].max()) if len(mean) else None
     rows = {}
     for name, curve in mean.groupby("experiment"):
@@ -172,51 +190,6 @@ def _spread(per_seed: dict, key: str) -> dict:
 def _ordered(rows: dict) -> dict:
     rank = {name: i for i, name in enumerate(ORDER)}
     return dict(sorted(rows.items(), key=lambda kv: (rank.get(kv[0], len(ORDER)), kv[0])))
-
-
-def _fmt_steps(x: float | None) -> str:
-    if x is None:
-        return "never"
-    return f"{x / 1e6:.1f}e6" if x >= 1e5 else f"{x:.4g}"  # the paper writes 31.0e6
-
-
-def figure3_markdown(table: dict) -> str:
-    lines = [
-        f"Target: the best val top-1 of `{table['reference']}`'s seed-mean curve = "
-        f"{percent(table['target_top1'])} (the paper's target is Inception's 72.2%). Steps and max "
-        "of the seed-mean curve; then each seed's max and final accuracy, mean +- standard "
-        "deviation over seeds.",
-        "",
-        "| model | seeds | steps to target (ours) | max top-1 (ours) | max top-1 per seed | final top-1 per seed | steps to 72.2% (paper) | max top-1 (paper) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for name, r in table["rows"].items():
-        paper_steps = "never" if name == "bn_x5_sigmoid" else _fmt_steps(r["paper_steps_to_72.2"])
-        if r["paper_max_top1"] is None:
-            paper_steps = "-"
-        paper_max = paper_percent(r["paper_max_top1"])
-        if name in PAPER_DIVERGED:
-            paper_steps = paper_max = "diverged"
-        steps, top1 = _fmt_steps(r["steps_to_target"]), percent(r["max_top1"])
-        seeds = str(r["seeds"])
-        if r.get("diverged_seeds"):
-            n = len(r["diverged_seeds"])
-            if not r["seeds"]:  # every seed diverged: no accuracy to show, as the paper
-                steps = top1 = "diverged"
-            seeds = f"{r['seeds']} (+{n} diverged)"
-        lines.append(
-            f"| {name} | {seeds} | {steps} | {top1} | {_mean_sd(r, 'max_top1')} "
-            f"| {_mean_sd(r, 'final_top1')} | {paper_steps} | {paper_max} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def _mean_sd(row: dict, key: str) -> str:
-    if (
-        f"{key}_mean" not in row
-    ):  # every seed diverged, or a table from before seeds were summarised
-        return "-"
-    return f"{percent(row[f'{key}_mean'])} +- {100 * row[f'{key}_sd']:.1f}"
 
 
 def plot_figure2(curves: pd.DataFrame, out: Path, title: str = "") -> None:
@@ -263,8 +236,13 @@ def _ensemble_rows(paths: list[str]) -> tuple[list[dict], bool]:
     picked on the val set they report (member_checkpoint=best)."""
     rows, selected_on_val = [], False
     for path in map(Path, paths):
+        if not path.exists():  # a typo would otherwise leave figure4.md out without a word
+            raise ReportError(f"--ensemble {path} does not exist: give results.json or its folder")
         for f in [path] if path.is_file() else sorted(path.rglob("results.json")):
-            data = json.loads(f.read_text())
+            try:
+                data = json.loads(f.read_text())
+            except json.JSONDecodeError as err:
+                raise ReportError(f"{f}: not a results.json of bnrepro-ensemble ({err})") from err
             if isinstance(data, dict):
                 rows += data.get("rows", [])
                 selected_on_val |= bool(data.get("selected_on_val"))
@@ -309,14 +287,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.runs and not args.wandb:
         parser.error("give run folders, or --wandb entity/project[/group]")
-    try:
-        df = load_wandb(args.wandb) if args.wandb else load_runs(args.runs)
-        table = build_report(df, Path(args.out), args.ensemble, args.title)
-    except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"bnrepro-report: {err}") from err
+    df = load_wandb(args.wandb) if args.wandb else load_runs(args.runs)
+    table = build_report(df, Path(args.out), args.ensemble, args.title)
     print(figure3_markdown(table))
     print(f"wrote {args.out}/figure2.png, figure3.md, figure3.json")
-
-
-if __name__ == "__main__":
-    main()
