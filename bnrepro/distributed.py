@@ -3,6 +3,11 @@ the SLURM requeue.
 
 The only module that reads RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT and SLURM_*.
 Order: torchrun's environment first, then SLURM's (srun, one task per GPU), else one process.
+torch is imported inside the functions that need it: the command layer asks `launched_rank()`
+(only rank 0 prints a user error) without paying for torch.
+
+A check whose outcome can differ between ranks (the data each reads, the run folder rank 0 locks)
+runs through `agree`: every rank ends the same way, and rank 0 alone says why.
 
     torchrun --nproc_per_node=8 -m bnrepro.train experiment=bn_x30        # one node
     srun --ntasks-per-node=8 bnrepro-train experiment=bn_x30               # SLURM, any nodes
@@ -10,16 +15,22 @@ Order: torchrun's environment first, then SLURM's (srun, one task per GPU), else
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TYPE_CHECKING, TypeVar
 
-import torch
-import torch.distributed as dist
+from bnrepro.errors import CommandError, ConfigError, one_line
 
-from bnrepro.errors import ConfigError
+if TYPE_CHECKING:
+    import torch
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,22 @@ def _env_ranks() -> tuple[int, int, int, dict[str, str]]:
     return 0, 1, 0, {}
 
 
+def launched_rank() -> int:
+    """This process's rank when a launcher (torchrun, srun) started several, else 0; read from
+    the environment alone (no torch, no process group)."""
+    rank, world_size, _, _ = _env_ranks()
+    return rank if world_size > 1 else 0
+
+
+def tell_launcher(message: str) -> None:
+    """Under torchrun, hand a user error's one line to its failure report (its error file, in
+    the form torchrun reads), which otherwise says only "To enable traceback see ..."."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path:
+        with open(path, "w") as f:
+            json.dump({"message": message, "timestamp": int(time.time())}, f)
+
+
 def _slurm_master_addr() -> str:
     """The first host of the job's node list (`scontrol show hostnames` expands 'node[1-4]')."""
     nodelist = os.environ["SLURM_JOB_NODELIST"]
@@ -66,6 +93,8 @@ def _slurm_master_addr() -> str:
 def resolve_device(name: str, key: str = "runtime.device", local_rank: int = 0) -> torch.device:
     """auto (CUDA when one is visible), cpu or cuda (the schema's choices); `key` names the
     config key in errors."""
+    import torch
+
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"{key}=cuda but no CUDA device is visible: use {key}=cpu or auto")
     cuda = name == "cuda" or (name == "auto" and torch.cuda.is_available())
@@ -83,6 +112,9 @@ def setup(device: str = "auto", timeout_s: float | None = None) -> Dist:
     the longest wait between two collectives: rank 0 writing a checkpoint while the others wait.
     None keeps torch's default (30 minutes for gloo, 10 for NCCL).
     """
+    import torch
+    import torch.distributed as dist
+
     resolve_device(device)  # a bad value fails before any rank or rendezvous is read
     rank, world_size, local_rank, rendezvous = _env_ranks()
     dev = resolve_device(device, local_rank=local_rank)
@@ -103,12 +135,16 @@ def setup(device: str = "auto", timeout_s: float | None = None) -> Dist:
 
 
 def teardown() -> None:
+    import torch.distributed as dist
+
     if dist.is_initialized():
         dist.destroy_process_group()
 
 
 def all_sum(values: torch.Tensor, d: Dist) -> torch.Tensor:
     """Sum a tensor over ranks (in place; a no-op for one process)."""
+    import torch.distributed as dist
+
     if d.enabled:
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
@@ -116,6 +152,8 @@ def all_sum(values: torch.Tensor, d: Dist) -> torch.Tensor:
 
 def any_rank(flag: bool, d: Dist) -> bool:
     """True on every rank if any rank's flag is set (all ranks stop together on preemption)."""
+    import torch
+
     if not d.enabled:
         return flag
     return bool(all_sum(torch.tensor([float(flag)], device=d.device), d).item())
@@ -125,14 +163,53 @@ def broadcast_buffers(module: torch.nn.Module, d: Dist) -> None:
     """Copy rank 0's buffers (BN running statistics) to every rank. DDP does this at the start of
     each forward; after the last step each replica holds its own batch's update, so sync them
     before evaluating."""
+    import torch.distributed as dist
+
     if d.enabled:
         for buffer in module.buffers():
             dist.broadcast(buffer, src=0)
 
 
 def barrier(d: Dist) -> None:
+    import torch.distributed as dist
+
     if d.enabled:
         dist.barrier()
+
+
+def gather(d: Dist, value: object) -> list:
+    """Every rank's `value` (picklable), in rank order, on every rank."""
+    import torch.distributed as dist
+
+    if not d.enabled:
+        return [value]
+    values = [None] * d.world_size
+    dist.all_gather_object(values, value)
+    return values
+
+
+def agree(d: Dist, check: Callable[[], T]) -> T:
+    """check() on every rank, and every rank ends the same way: when it raised a CommandError on
+    any rank (data, a checkpoint or the run folder that rank sees), every rank raises the one of
+    the lowest such rank, its message naming the rank when that is not rank 0 (rank 0 alone
+    prints it: cli.py). One process just runs it."""
+    if not d.enabled:
+        return check()
+    try:
+        result, failed = check(), None
+    except CommandError as e:
+        result, failed = None, e
+    verdicts = gather(d, None if failed is None else (one_line(failed), failed.exit_status))
+    for rank, verdict in enumerate(verdicts):
+        if verdict is None:
+            continue
+        if rank == d.rank:
+            raise failed
+        message, status = verdict
+        error = CommandError(message if rank == 0 else f"rank {rank}: {message}")
+        error.exit_status = status
+        raise error
+    return result
 
 
 def slurm_job_id() -> str | None:
@@ -156,7 +233,9 @@ def requeue_slurm_job() -> bool:
 
 
 class Preemption:
-    """Sets `requested` on SIGTERM or trainer.preempt_signal; the loop checks it every step.
+    """Sets `requested` on SIGTERM, Ctrl-C (SIGINT) or trainer.preempt_signal; the loop checks it
+    every step, then checkpoints and stops. A second Ctrl-C interrupts at once (a checkpoint
+    being written then leaves no partial file: checkpoint.save).
 
     Only the warning signal asks for a requeue: SIGTERM comes from `scancel`, a time-limit kill or
     a cluster that requeues by itself, so the run checkpoints and stops without requeueing.
@@ -164,7 +243,7 @@ class Preemption:
 
     def __init__(self, signal_name: str) -> None:
         self.warning = getattr(signal, f"SIG{signal_name.removeprefix('SIG')}")
-        self.signals = {signal.SIGTERM, self.warning}
+        self.signals = {signal.SIGTERM, signal.SIGINT, self.warning}
         self.requested = self.requeue = False
 
     def __enter__(self) -> Preemption:
@@ -174,6 +253,8 @@ class Preemption:
     def _handle(self, signum: int, frame: object) -> None:
         self.requested = True
         self.requeue = self.requeue or signum == self.warning
+        if signum == signal.SIGINT:  # Ctrl-C as SIGTERM; a second one stops at once
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def __exit__(self, *exc: object) -> None:
         for s, handler in self.previous.items():

@@ -22,7 +22,8 @@ from torch import nn
 from tqdm import tqdm
 
 from bnrepro import distributed
-from bnrepro.errors import ConfigError
+from bnrepro.data.loaders import unreadable_files
+from bnrepro.errors import ConfigError, DataError
 from bnrepro.metrics import topk_correct
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -151,16 +152,21 @@ def evaluate(
     progress: bool = False,
 ) -> dict:
     """Single-centre-crop val loss, top-1, top-5 (fractions), summed over ranks; the first
-    `max_images` images (over all ranks) when given. `progress`: draw a bar (a terminal's)."""
+    `max_images` images (over all ranks) when given. `progress`: draw a bar (a terminal's).
+    Each readable file counts once; `val/skipped` says how many unreadable ones were left out
+    (DataError if no file could be read)."""
     if dist is not None:
         distributed.broadcast_buffers(model, dist)  # every rank evaluates rank 0's model
     was_training = model.training
     model.eval()
-    totals = torch.zeros(4, dtype=torch.float64, device=runtime.device)  # loss, top1, top5, n
+    # loss, top-1, top-5, images, unreadable files left out
+    totals = torch.zeros(5, dtype=torch.float64, device=runtime.device)
     world_size = dist.world_size if dist else 1
     bar = tqdm(loader, desc="eval", unit="batch", leave=False, disable=not progress)
     with torch.random.fork_rng(devices=[]):  # evaluating must not shift the training randomness
         for images, labels in bar:
+            if len(labels) == 0:  # every file of the batch unreadable: left out
+                continue
             labels = labels.to(runtime.device, non_blocking=True)
             with runtime.autocast():
                 logits = model(runtime.inputs(images)).float()
@@ -172,8 +178,15 @@ def evaluate(
             if max_images and totals[3] * world_size >= max_images:
                 break
     bar.close()
+    totals[4] = unreadable_files(loader)
     if dist is not None:
         distributed.all_sum(totals, dist)
     model.train(was_training)
-    loss, top1, top5, n = totals.tolist()
-    return {"val/loss": loss / n, "val/top1": top1 / n, "val/top5": top5 / n}
+    loss, top1, top5, n, skipped = totals.tolist()
+    if n == 0:
+        raise DataError(
+            f"no val image could be read ({skipped:.0f} unreadable, each warned about with its "
+            "path): restore the val files, or point data.root at an intact copy"
+        )
+    return {"val/loss": loss / n, "val/top1": top1 / n, "val/top5": top5 / n,
+            "val/skipped": int(skipped)}  # fmt: skip

@@ -3,15 +3,22 @@
 An unreadable file (corrupt, truncated, not an image) is skipped in one place,
 `ImageFiles.try_load`: marked bad in a shared-memory flag that every worker process sees, warned
 about once with its path, and counted (`skipped_files`). Training replaces it by the next readable
-file; evaluation leaves it out.
+file; evaluation leaves it out (a val item is then `(None, label)`; the val loaders drop it).
+
+`identify(data_cfg)` says what `build_datasets` will read (class list, file counts, a fingerprint
+of the file lists: `DataIdentity`) from the file lists alone, writing nothing: a run checks it
+against its checkpoint and its other ranks before it generates or writes anything.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -20,10 +27,10 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
+from bnrepro.data import synthetic
 from bnrepro.data import transforms as T
 from bnrepro.data.layouts import Split, find_imagenet
 from bnrepro.data.mnist import load_mnist
-from bnrepro.data.synthetic import ensure_tree
 from bnrepro.errors import ConfigError, DataError
 
 MAX_BAD_IN_A_ROW = 32  # this many unreadable files in a row means a broken tree, not bad luck
@@ -50,8 +57,11 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.split.files)
 
-    def __getitem__(self, key: int | tuple[int, int, int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int, int]) -> tuple[torch.Tensor | None, int]:
         index, epoch, seed = key if isinstance(key, tuple) else (key, 0, 0)
+        if not self.train:  # evaluation counts each readable file once: an unreadable one is out
+            load = functools.partial(self._transform, index, epoch, seed)
+            return self.try_load(index, load), int(self.split.labels[index])
         for attempt in range(MAX_BAD_IN_A_ROW):
             i = (index + attempt) % len(self)
             image = self.try_load(i, functools.partial(self._transform, i, epoch, seed))
@@ -131,6 +141,95 @@ def skipped_files(dataset: Dataset) -> int:
     return int(dataset.bad.sum())
 
 
+@dataclass(frozen=True)
+class DataIdentity:
+    """What a run's data is, from its file lists alone: the class list, and per split the number
+    of files and a fingerprint (Split.fingerprint: paths relative to data.root and labels, so the
+    same on every copy of the same files). DDP ranks compare it, and a checkpoint keeps it so
+    that a resume can (`record`, `data_changes`)."""
+
+    classes: tuple[str, ...]
+    train_files: int
+    train_sha256: str
+    val_files: int
+    val_sha256: str
+    found: tuple | None = field(default=None, compare=False, repr=False)  # the splits, if listed
+
+    def record(self) -> dict:
+        """What a checkpoint stores (its data.identity)."""
+        keys = ("train_files", "train_sha256", "val_files", "val_sha256")
+        return {k: getattr(self, k) for k in keys}
+
+
+def data_changes(then: dict, now: dict, words: tuple[str, str] = ("then", "now")) -> list[str]:
+    """How the data of record `now` differs from `then` (DataIdentity.record's), in words (the
+    two named by `words`): the training set first, then the val set; [] for the same files."""
+    changes = []
+    for split in ("train", "val"):
+        files = (then[f"{split}_files"], now[f"{split}_files"])
+        if files[0] != files[1]:
+            changes.append(f"{split}: {files[0]} files {words[0]}, {files[1]} {words[1]}")
+        elif then[f"{split}_sha256"] != now[f"{split}_sha256"]:
+            changes.append(f"{split}: as many files ({files[0]}), but other names or labels")
+    return changes
+
+
+def _identity(classes, train: Split | Dataset, val: Split | Dataset, found=None) -> DataIdentity:
+    return DataIdentity(tuple(classes), *_files_of(train), *_files_of(val), found=found)
+
+
+def identity_of(train_ds: Dataset, val_ds: Dataset, classes: list[str]) -> DataIdentity:
+    """The DataIdentity of built datasets (build_datasets')."""
+    splits = [ds.split if isinstance(ds, ImageFiles) else ds for ds in (train_ds, val_ds)]
+    return _identity(classes, *splits)
+
+
+def _files_of(split: Split | ArrayImages) -> tuple[int, str]:
+    """(count, fingerprint) of a split's files, or of in-memory images (MNIST: their bytes)."""
+    if isinstance(split, Split):
+        return len(split.files), split.fingerprint()
+    digest = hashlib.sha256(split.images.numpy().tobytes())
+    digest.update(split.labels.numpy().tobytes())
+    return len(split), digest.hexdigest()
+
+
+def identify(data_cfg: DictConfig) -> DataIdentity:
+    """What build_datasets(data_cfg) will read, found without writing anything: ImageNet's file
+    lists; a synthetic tree's own, or, not generated yet, those its parameters give
+    (synthetic.planned_files). Refuses (DataError, ConfigError, NotASyntheticTree) what
+    build_datasets would refuse."""
+    cfg = data_cfg
+    if cfg.name == "mnist":
+        train_ds, val_ds, classes = _mnist(cfg)
+        return _identity(classes, train_ds, val_ds)
+    _check_image_data(cfg)
+    if cfg.name == "synthetic":
+        params = synthetic.tree_params(num_classes=cfg.num_classes, **cfg.synthetic)
+        if synthetic.tree_state(cfg.root, params) != "ready":  # generated later, by build_datasets
+            classes, train, val = synthetic.planned_files(params)
+            root = Path(cfg.root).expanduser()
+            splits = [Split.of(root, [p for p, _ in s], [c for _, c in s]) for s in (train, val)]
+            return _identity(classes, *splits)
+    train, val, classes = find_imagenet(cfg.root)
+    _check_classes(cfg, classes)
+    return _identity(classes, train, val, found=(train, val, classes))
+
+
+def _check_image_data(cfg: DictConfig) -> None:
+    if OmegaConf.is_missing(cfg, "root") or cfg.root is None:
+        raise ConfigError("data.root is not set: data.root=/path/to/imagenet")
+    if cfg.in_chans != 3 or len(cfg.mean) != 3 or len(cfg.std) != 3:
+        raise ConfigError(f"data={cfg.name} is RGB: set data.in_chans=3 and 3-value mean and std")
+
+
+def _check_classes(cfg: DictConfig, classes: list[str]) -> None:
+    if len(classes) != cfg.num_classes:
+        raise ConfigError(
+            f"{cfg.root} has {len(classes)} classes but data.num_classes={cfg.num_classes}: "
+            f"set data.num_classes={len(classes)}"
+        )
+
+
 def _mnist(cfg: DictConfig) -> tuple[ArrayImages, ArrayImages, list[str]]:
     if cfg.in_chans != 1 or cfg.train_crop != cfg.eval_crop:
         raise ConfigError("data=mnist needs data.in_chans=1 and data.train_crop == data.eval_crop")
@@ -144,23 +243,28 @@ def _mnist(cfg: DictConfig) -> tuple[ArrayImages, ArrayImages, list[str]]:
     return out[0], out[1], [str(d) for d in range(10)]
 
 
-def build_datasets(data_cfg: DictConfig) -> tuple[Dataset, Dataset, list[str]]:
-    """(train_ds, val_ds, classes) for data.name imagenet | synthetic | mnist."""
+def build_datasets(
+    data_cfg: DictConfig, identity: DataIdentity | None = None
+) -> tuple[Dataset, Dataset, list[str]]:
+    """(train_ds, val_ds, classes) for data.name imagenet | synthetic | mnist. With `identity`
+    (identify's, made at start-up): the file lists it found are reused, and data that is not
+    what it describes (changed since) is refused."""
     cfg = data_cfg
     if cfg.name == "mnist":
         return _mnist(cfg)
-    if OmegaConf.is_missing(cfg, "root") or cfg.root is None:
-        raise ConfigError("data.root is not set: data.root=/path/to/imagenet")
-    if cfg.in_chans != 3 or len(cfg.mean) != 3 or len(cfg.std) != 3:
-        raise ConfigError(f"data={cfg.name} is RGB: set data.in_chans=3 and 3-value mean and std")
-    if cfg.name == "synthetic":
-        ensure_tree(cfg.root, num_classes=cfg.num_classes, **cfg.synthetic)
-    train, val, classes = find_imagenet(cfg.root)
-    if len(classes) != cfg.num_classes:
-        raise ConfigError(
-            f"{cfg.root} has {len(classes)} classes but data.num_classes={cfg.num_classes}: "
-            f"set data.num_classes={len(classes)}"
-        )
+    _check_image_data(cfg)
+    if identity is not None and identity.found is not None:
+        train, val, classes = identity.found
+    else:
+        if cfg.name == "synthetic":
+            synthetic.ensure_tree(cfg.root, num_classes=cfg.num_classes, **cfg.synthetic)
+        train, val, classes = find_imagenet(cfg.root)
+        _check_classes(cfg, classes)
+        if identity is not None and _identity(classes, train, val) != identity:
+            raise DataError(
+                f"the data under data.root={cfg.root} changed while the run started (another "
+                "process wrote there): run again once it is settled"
+            )
     try:
         aug = T.Augment(**cfg.augment)
     except TypeError as err:

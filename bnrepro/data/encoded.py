@@ -113,12 +113,17 @@ class EncodedLoader:
         for i, sample in enumerate(samples):
             if images[i] is None:  # unreadable or refused: the CPU path (colour included)
                 image, label = self.ds[sample.key]
+                if image is None:  # unreadable at evaluation: left out (ImageFiles.__getitem__)
+                    continue
                 images[i] = image.to(self.device)
                 color_ops.append(())
             else:
                 label = sample.label
                 color_ops.append(sample.params.color_ops)
             labels.append(label)
+        images = [image for image in images if image is not None]
+        if not images:
+            return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
         out = torch.stack(images)
         T.apply_color_batch(out, color_ops)  # TF-slim's colour ops, batched on the device
         return out, torch.tensor(labels, dtype=torch.int64)

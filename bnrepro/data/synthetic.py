@@ -12,7 +12,9 @@ colour nor any single pixel gives the class away: a small conv net learns it in 
 steps at 64 px, not in twenty.
 
 Generated once: built in a temporary folder and renamed into place, so an interrupted run or a
-second rank never sees half a tree. A tree made with other parameters is regenerated.
+second rank never sees half a tree. A tree made with other parameters is regenerated, but only a
+tree the generator can prove it made (`tree_state`: its manifest's keys, and no file the manifest
+does not describe); any other non-empty folder is refused, never written into nor removed.
     bnrepro-synthetic --out /tmp/synthetic --classes 10
 """
 
@@ -23,6 +25,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,14 +42,17 @@ class NotASyntheticTree(UserError, FileExistsError):
 
 
 VERSION = 2  # bump when the images change for the same parameters
+# A manifest's keys: exactly these.
+PARAMETERS = ("version", "num_classes", "train_per_class", "val_per_class", "min_side",
+              "max_side", "quality", "seed")  # fmt: skip
+CSV = "LOC_val_solution.csv"
+MANIFEST = "manifest.json"
 SHAPES = ("disc", "square", "triangle", "ring", "cross")
 TEXTURES = ("solid", "hstripes", "vstripes", "checks", "dots")
 
 
 def class_specs(num_classes: int, seed: int) -> list[tuple[str, str, str, int]]:
     """(wnid, shape, texture, colour family or -1) per class, in sorted-wnid order."""
-    if num_classes < 2:
-        raise ConfigError(f"data.num_classes must be >= 2 for data=synthetic, got {num_classes}")
     rng = np.random.default_rng([seed, 0])
     combos = [(s, t) for s in SHAPES for t in TEXTURES]
     families = math.ceil(num_classes / len(combos))
@@ -146,24 +152,155 @@ def generate(out: Path, params: dict) -> None:
         folder.mkdir(parents=True)
         for k in range(params["train_per_class"]):
             img, _ = draw_image(spec, families, *sides, np.random.default_rng([seed, 1, c, k]))
-            img.save(folder / f"{spec[0]}_{k}.JPEG", quality=quality)
+            img.save(folder / _train_name(spec[0], k), quality=quality)
     (out / "val").mkdir()
-    val = [(c, k) for c in range(len(specs)) for k in range(params["val_per_class"])]
-    order = np.random.default_rng([seed, 2]).permutation(len(val))
     rows = ["ImageId,PredictionString"]
-    for n, j in enumerate(order, start=1):
-        c, k = val[j]
+    for n, (c, k) in enumerate(_val_order(params), start=1):
         img, box = draw_image(specs[c], families, *sides, np.random.default_rng([seed, 3, c, k]))
-        name = f"ILSVRC2012_val_{n:08d}"
+        name = _val_name(n)
         img.save(out / "val" / f"{name}.JPEG", quality=quality)
         rows.append(f"{name},{specs[c][0]} {' '.join(map(str, box))}")
-    (out / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
-    (out / "manifest.json").write_text(json.dumps(params, indent=1))  # last: marks it complete
+    (out / CSV).write_text("\n".join(rows) + "\n")
+    (out / MANIFEST).write_text(json.dumps(params, indent=1))  # last: marks it complete
+
+
+def _train_name(wnid: str, k: int) -> str:
+    return f"{wnid}_{k}.JPEG"
+
+
+def _val_name(n: int) -> str:
+    return f"ILSVRC2012_val_{n:08d}"
+
+
+def _val_order(params: dict) -> list[tuple[int, int]]:
+    """(class, k) of val file 1, 2, ...: the classes interleaved in a fixed random order."""
+    val = [(c, k) for c in range(params["num_classes"]) for k in range(params["val_per_class"])]
+    order = np.random.default_rng([params["seed"], 2]).permutation(len(val))
+    return [val[j] for j in order]
+
+
+def tree_params(
+    *,
+    num_classes: int,
+    train_per_class: int,
+    val_per_class: int,
+    min_side: int,
+    max_side: int,
+    quality: int,
+    seed: int,
+) -> dict:
+    """The generator's parameters (what manifest.json records), checked: ConfigError naming the
+    key otherwise."""
+    if num_classes < 2:
+        raise ConfigError(f"data.num_classes must be >= 2 for data=synthetic, got {num_classes}")
+    if not 0 < min_side <= max_side:
+        raise ConfigError(
+            "data.synthetic.min_side and data.synthetic.max_side must satisfy 0 < min_side <= "
+            f"max_side (pixels), got {min_side} and {max_side}"
+        )
+    if not 1 <= quality <= 100:
+        raise ConfigError(f"data.synthetic.quality must be in [1, 100] (JPEG), got {quality}")
+    if train_per_class < 1 or val_per_class < 1:
+        raise ConfigError(
+            "data.synthetic.train_per_class and data.synthetic.val_per_class must be >= 1, got "
+            f"{train_per_class} and {val_per_class}"
+        )
+    return dict(
+        version=VERSION, num_classes=num_classes, train_per_class=train_per_class,
+        val_per_class=val_per_class, min_side=min_side, max_side=max_side, quality=quality,
+        seed=seed,
+    )  # fmt: skip
+
+
+def planned_files(params: dict) -> tuple[list[str], list[tuple[str, int]], list[tuple[str, int]]]:
+    """(classes, train (path, label), val (path, label)) of the tree `params` describes, paths
+    relative to its root as the ImageNet reader lists them: known without generating it."""
+    classes = [spec[0] for spec in class_specs(params["num_classes"], params["seed"])]
+    train = [
+        (f"train/{wnid}/{_train_name(wnid, k)}", c)
+        for c, wnid in enumerate(classes)
+        for k in range(params["train_per_class"])
+    ]
+    val = [(f"val/{_val_name(n)}.JPEG", c) for n, (c, _) in enumerate(_val_order(params), start=1)]
+    return classes, train, val
 
 
 def _manifest(root: Path) -> dict | None:
-    path = root / "manifest.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    """The tree's manifest, or None when there is none or it is no generator's manifest."""
+    try:
+        manifest = json.loads((root / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def _not_ours(root: Path, manifest: dict | None) -> str | None:
+    """Why the folder `root` cannot be proven to be a tree the generator made (None: it is one):
+    a generator's manifest (its keys exactly), and nothing in the folder but the files that
+    manifest describes, by name and count. Read-only: lists the folder, opens no image."""
+    if manifest is None:
+        return f"it has no readable {MANIFEST} of the generator"
+    if sorted(manifest) != sorted(PARAMETERS) or not all(
+        isinstance(manifest[k], int) and not isinstance(manifest[k], bool) for k in PARAMETERS
+    ):
+        return f"its {MANIFEST} is not the generator's (keys {', '.join(PARAMETERS)})"
+    extra = {e.name for e in os.scandir(root)} - {"train", "val", CSV, MANIFEST}
+    if extra:
+        return f"it holds files the generator does not make ({', '.join(sorted(extra))})"
+    counts = {"train": manifest["train_per_class"], "val": manifest["val_per_class"]}
+    val_names = {
+        f"{_val_name(n)}.JPEG" for n in range(1, manifest["num_classes"] * counts["val"] + 1)
+    }
+    try:
+        classes = list(os.scandir(root / "train"))
+        if len(classes) != manifest["num_classes"]:
+            return f"train/ holds {len(classes)} entries, not {manifest['num_classes']} classes"
+        for folder in classes:
+            expected = {_train_name(folder.name, k) for k in range(counts["train"])}
+            if folder.is_symlink() or not folder.is_dir():
+                return f"train/{folder.name} is not a class folder of the generator"
+            if {e.name for e in os.scandir(folder.path)} != expected:
+                return f"train/{folder.name} holds other files than the generator's"
+        if {e.name for e in os.scandir(root / "val")} != val_names:
+            return "val/ holds other files than the generator's"
+    except OSError as e:
+        return f"it cannot be listed ({e.strerror or e})"
+    return None
+
+
+def tree_state(root: str | Path, params: dict) -> str:
+    """What `root` holds: "ready" (the tree of `params`), "missing" (nothing: absent or an empty
+    folder) or "other" (a tree the generator made with other parameters, provably its own);
+    NotASyntheticTree for anything else, which the generator never writes into nor removes.
+    Read-only."""
+    root = Path(root).expanduser()
+    if not root.exists():
+        return "missing"
+    if not root.is_dir():
+        raise NotASyntheticTree(
+            f"data.root={root} is a file, not a folder: set data.root to a folder for the "
+            "synthetic data"
+        )
+    try:
+        empty = not any(root.iterdir())
+    except OSError as e:
+        raise DataError(
+            f"cannot read data.root={root} ({e.strerror or e}): point data.root (or "
+            "$BNREPRO_CACHE) at a folder you can read and write"
+        ) from e
+    if empty:
+        return "missing"
+    manifest = _manifest(root)
+    if manifest == params:
+        return "ready"
+    reason = _not_ours(root, manifest)
+    if reason is not None:
+        raise NotASyntheticTree(
+            f"data.root={root} is not empty and is not a synthetic tree this generator can prove "
+            f"it made ({reason}), so it is neither used nor replaced: set data.root to a new "
+            "folder, or move this one away"
+        )
+    return "other"
 
 
 def ensure_tree(
@@ -178,51 +315,38 @@ def ensure_tree(
     seed: int,
 ) -> Path:
     """The synthetic tree at `root`, generated there unless it already exists with the same
-    parameters. A folder that is neither empty nor a synthetic tree is an error, never removed."""
-    if not 0 < min_side <= max_side:
-        raise ConfigError(
-            "data.synthetic.min_side and data.synthetic.max_side must satisfy 0 < min_side <= "
-            f"max_side (pixels), got {min_side} and {max_side}"
-        )
-    if not 1 <= quality <= 100:
-        raise ConfigError(f"data.synthetic.quality must be in [1, 100] (JPEG), got {quality}")
-    if train_per_class < 1 or val_per_class < 1:
-        raise ConfigError(
-            "data.synthetic.train_per_class and data.synthetic.val_per_class must be >= 1, got "
-            f"{train_per_class} and {val_per_class}"
-        )
-    params = dict(
-        version=VERSION, num_classes=num_classes, train_per_class=train_per_class,
-        val_per_class=val_per_class, min_side=min_side, max_side=max_side, quality=quality,
-        seed=seed,
+    parameters. A tree the generator provably made with other parameters (tree_state) is
+    replaced; any other non-empty folder is an error, never written into nor removed."""
+    params = tree_params(
+        num_classes=num_classes, train_per_class=train_per_class, val_per_class=val_per_class,
+        min_side=min_side, max_side=max_side, quality=quality, seed=seed,
     )  # fmt: skip
     root = Path(root).expanduser()
-    manifest = root / "manifest.json"
-    if manifest.is_file():
-        if _manifest(root) == params:
-            return root
+    state = tree_state(root, params)
+    if state == "ready":
+        return root
+    if state == "other":
         print(f"[bnrepro] {root} was generated with other parameters: regenerating it")
-    elif root.exists() and any(root.iterdir()):
-        raise NotASyntheticTree(
-            f"{root} is not empty and is not a synthetic tree (no manifest.json): "
-            "set data.root to a new folder, or empty this one"
-        )
     try:
         root.parent.mkdir(parents=True, exist_ok=True)
+        # A name of its own (never another process's temporary folder, on any host).
+        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     except OSError as e:
         raise DataError(
-            f"cannot make the synthetic data's folder data.root={root} ({e.strerror}): point "
-            "data.root (or $BNREPRO_CACHE) at a folder you can write"
+            f"cannot make the synthetic data's folder data.root={root} ({e.strerror or e}): "
+            "point data.root (or $BNREPRO_CACHE) at a folder you can write"
         ) from e
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     start = time.perf_counter()
-    generate(tmp, params)
+    try:
+        generate(tmp, params)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # ours alone: a name no one else has
+        raise
     if _manifest(root) == params:  # another process (rank) finished first
         shutil.rmtree(tmp)
         return root
-    if manifest.is_file():  # ours, with other parameters: move aside, then delete
-        old = root.parent / f".{root.name}.old-{os.getpid()}"
+    if state == "other" and tree_state(root, params) == "other":  # still the old tree: aside
+        old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
         os.rename(root, old)
         shutil.rmtree(old)
     try:
