@@ -93,10 +93,22 @@ class OutputFolders(Callback):
     is one line, and remembers which folders it made (`_MADE`) for `take_back`."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        _MADE.extend(make_folders(config.hydra.run.dir))
+        _make(config.hydra.run.dir, "run folder")
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        _MADE.extend(make_folders(config.hydra.sweep.dir, "sweep folder"))
+        _make(config.hydra.sweep.dir, "sweep folder")
+
+
+class _Unmade(BaseException):
+    """A folder OutputFolders could not make (its CommandError in args[0]), carried past Hydra's
+    callback runner, which turns any Exception into a warning."""
+
+
+def _make(folder: str, what: str) -> None:
+    try:
+        _MADE.extend(make_folders(folder, what))
+    except CommandError as e:
+        raise _Unmade(e) from None
 
 
 def take_back(folder: str | Path) -> None:
@@ -136,6 +148,8 @@ def run_hydra_app(
         with command_errors(program):
             try:
                 app()
+            except _Unmade as e:
+                raise e.args[0] from None
             except BaseException:  # a sweep none of whose jobs was accepted: its folder goes
                 for made in list(_MADE):
                     take_back(made)

@@ -37,7 +37,7 @@ from bnrepro.checkpoint import Checkpointer, Progress, RunFolder
 from bnrepro.config import check_run, effective_lr, global_batch
 from bnrepro.console import Console, Pace, bars_enabled, eval_line
 from bnrepro.data import DataIdentity, identify, skipped_files, training_sampler
-from bnrepro.errors import Diverged, first_names
+from bnrepro.errors import CommandError, Diverged, first_names
 from bnrepro.evaluation import bn_stats
 from bnrepro.monitor import Monitor, build_monitor
 from bnrepro.paper import PAPER_BATCH
@@ -80,10 +80,15 @@ def start(cfg: DictConfig, folder: RunFolder, overrides: list[str] | None = None
     config = OmegaConf.to_container(cfg, resolve=True)
     lock = checkpoint.FolderLock(folder.path)  # rank 0's: one process per run folder
     try:
-        identity, ckpt = distributed.agree(
-            dist, lambda: check_start(cfg, dist, lock, checkpointer, config)
-        )
-        builders.check_same_data(identity, dist)
+        try:
+            identity, ckpt = distributed.agree(
+                dist, lambda: check_start(cfg, dist, lock, checkpointer, config)
+            )
+            builders.check_same_data(identity, dist)
+        except CommandError:  # raised on every rank together: they leave together
+            lock.abandon()
+            distributed.barrier(dist)  # no rank removes its empty folders while rank 0's lock is in
+            raise
         builders.seed_everything(cfg.seed)  # the same initial weights on every rank
         data = builders.build_data(cfg, rank=dist.rank, world_size=dist.world_size,
                                    identity=identity)  # fmt: skip

@@ -212,7 +212,29 @@ def identify(data_cfg: DictConfig) -> DataIdentity:
             return _identity(classes, *splits)
     train, val, classes = find_imagenet(cfg.root)
     _check_classes(cfg, classes)
+    for name, split in (("train", train), ("val", val)):
+        _check_readable(split, name)
     return _identity(classes, train, val, found=(train, val, classes))
+
+
+def _check_readable(split: Split, name: str) -> None:
+    """DataError when the first MAX_BAD_IN_A_ROW files of a split (all of a smaller one) are
+    unreadable, the rule training itself applies: a broken copy is refused at start-up, before
+    anything is written, rather than at its first batch or evaluation. Reads one file normally."""
+    errors = []
+    if not len(split.files):  # an empty split is refused where it is listed
+        return
+    for i in range(min(MAX_BAD_IN_A_ROW, len(split.files))):
+        try:
+            with open(split.path(i), "rb") as f:
+                T.image_size(f.read(1 << 16))  # the header: cheap, and what every reader needs
+            return
+        except Exception as err:  # noqa: BLE001 - any reader error: this file is unreadable
+            errors.append(f"{split.path(i)}: {err}")
+    raise DataError(
+        f"the first {len(errors)} {name} files under data.root={split.root} are all unreadable "
+        f"(e.g. {errors[0]}): restore them, or point data.root at an intact copy"
+    )
 
 
 def _check_image_data(cfg: DictConfig) -> None:
