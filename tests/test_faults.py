@@ -51,7 +51,9 @@ def snapshot(*roots: Path) -> dict[str, str]:
                     out[str(p)] = "folder"
                 else:
                     out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
-        out[str(root)] = "folder" if root.is_dir() else hashlib.sha256(root.read_bytes()).hexdigest()
+        out[str(root)] = (
+            "folder" if root.is_dir() else hashlib.sha256(root.read_bytes()).hexdigest()
+        )
     return out
 
 
@@ -192,7 +194,9 @@ def test_synthetic_replaces_its_own_tree_and_only_that(tmp_path):
     ],
     ids=["truncated", "newer-format"],
 )  # fmt: skip
-def test_a_run_folder_whose_checkpoints_are_all_unusable_is_refused(capsys, run_copy, damage, words):
+def test_a_run_folder_whose_checkpoints_are_all_unusable_is_refused(
+    capsys, run_copy, damage, words
+):
     """Never restarted from scratch (it was: metrics.jsonl emptied, best.pt and summary.json
     overwritten, exit 0); the line names each file and why."""
     out, overrides = run_copy
@@ -272,7 +276,10 @@ def test_a_bad_monitor_layer_is_refused_before_any_file_is_rewritten(capsys, run
 
 def test_an_output_folder_that_cannot_be_made_is_one_line(capsys, tmp_path):
     (tmp_path / "file").write_text("in the way")
-    for command, args in ((cli.bnrepro_train, TINY_TRAIN), (cli.bnrepro_ensemble, ["checkpoints=x.pt"])):
+    for command, args in (
+        (cli.bnrepro_train, TINY_TRAIN),
+        (cli.bnrepro_ensemble, ["checkpoints=x.pt"]),
+    ):
         refused_unchanged(capsys, [tmp_path], command, *args, f"out_dir={tmp_path / 'file' / 'out'}",
                           words=["cannot create the run folder", "Not a directory", "set out_dir"])  # fmt: skip
 
@@ -337,7 +344,11 @@ def test_an_ensemble_folder_in_use_or_holding_results_is_refused(capsys, run_cop
     out, _ = run_copy
     folder = tmp_path / "ens"
     folder.mkdir()
-    args = [f"checkpoints={out}", *ensemble_args(tiny_data_root, tmp_path), f"hydra.run.dir={folder}"]
+    args = [
+        f"checkpoints={out}",
+        *ensemble_args(tiny_data_root, tmp_path),
+        f"hydra.run.dir={folder}",
+    ]
     holder = checkpoint.FolderLock(folder).acquire("ensemble folder")
     try:
         refused_unchanged(capsys, [out, folder], cli.bnrepro_ensemble, *args,
