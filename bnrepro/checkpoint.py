@@ -287,10 +287,10 @@ def find(specs: str | list[str], which: str = "last") -> list[Path]:
         stat = path.stat()
         first = seen.setdefault((stat.st_dev, stat.st_ino), path)
         if first is not path:
-            how = f"{path} twice" if first == path else f"{first} and {path} (one file: a link)"
+            how = f"({path})" if first == path else f"({first} and {path}: a link)"
             raise CheckpointError(
-                f"checkpoints names the same file {how}: it would count as two members; list "
-                "each network once"
+                f"checkpoints names the same file twice {how}: it would count as two members; "
+                "list each network once"
             )
     return found
 

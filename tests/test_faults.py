@@ -176,11 +176,62 @@ def test_synthetic_replaces_its_own_tree_and_only_that(tmp_path):
     when asked for other parameters; no temporary folder is left."""
     from bnrepro.data.synthetic import ensure_tree
 
-    tiny = dict(num_classes=3, train_per_class=2, val_per_class=1, min_side=20, max_side=30,
-                quality=90, seed=1)  # fmt: skip
-    root = ensure_tree(tmp_path / "syn", **tiny)
-    ensure_tree(root, **{**tiny, "train_per_class": 3})
+    root = ensure_tree(tmp_path / "syn", **SMALL)
+    ensure_tree(root, **{**SMALL, "train_per_class": 3})
     assert json.loads((root / "manifest.json").read_text())["train_per_class"] == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["syn"]
+
+
+SMALL = dict(num_classes=3, train_per_class=2, val_per_class=1, min_side=20, max_side=30,
+             quality=90, seed=1)  # fmt: skip
+READER = f"""
+import sys, time
+from bnrepro.data.synthetic import ensure_tree
+ensure_tree(sys.argv[1], **{SMALL!r})  # and reads it, as a run does, until it is killed
+print("reading", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_synthetic_tree_another_run_reads_is_not_replaced_under_it(capsys, tmp_path):
+    """A run with other data.synthetic.* in the same data.root regenerated the tree under a
+    run reading it (which then crashed)."""
+    root = tmp_path / "syn"
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(root)], stdout=subprocess.PIPE,
+                              text=True)  # fmt: skip
+    try:
+        while reader.stdout.readline().strip() != "reading":  # after the generator's line
+            assert reader.poll() is None
+        refused_unchanged(capsys, [tmp_path], cli.bnrepro_train, *TINY_TRAIN, f"data.root={root}",
+                          f"out_dir={tmp_path / 'out'}", words=["another run is reading"])  # fmt: skip
+    finally:
+        reader.kill()
+        reader.wait()
+
+
+def _make(root, **changes) -> None:
+    from bnrepro.data.synthetic import ensure_tree
+
+    ensure_tree(root, **{**SMALL, **changes})
+
+
+def test_ranks_replacing_a_tree_at_once_leave_one_tree(tmp_path):
+    """Every rank of a job with new data.synthetic.* replaces the old tree: one does, the others
+    wait for it (they are no readers of the old tree), and none is refused."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    first = ctx.Process(target=_make, args=(tmp_path / "syn",))  # a process that is gone now
+    first.start()
+    first.join()
+    procs = [ctx.Process(target=_make, args=(tmp_path / "syn",), kwargs={"train_per_class": 3})
+             for _ in range(3)]  # fmt: skip
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    assert json.loads((tmp_path / "syn" / "manifest.json").read_text())["train_per_class"] == 3
     assert [p.name for p in tmp_path.iterdir()] == ["syn"]
 
 

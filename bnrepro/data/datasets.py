@@ -277,6 +277,9 @@ def build_datasets(
     _check_image_data(cfg)
     if identity is not None and identity.found is not None:
         train, val, classes = identity.found
+        if cfg.name == "synthetic":  # no other process replaces it under this run from here on
+            params = synthetic.tree_params(num_classes=cfg.num_classes, **cfg.synthetic)
+            synthetic.hold_tree(cfg.root, params)
     else:
         if cfg.name == "synthetic":
             synthetic.ensure_tree(cfg.root, num_classes=cfg.num_classes, **cfg.synthetic)

@@ -21,6 +21,7 @@ does not describe); any other non-empty folder is refused, never written into no
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import math
 import os
@@ -300,7 +301,82 @@ def tree_state(root: str | Path, params: dict) -> str:
             f"it made ({reason}), so it is neither used nor replaced: set data.root to a new "
             "folder, or move this one away"
         )
+    if root.absolute() not in _READING:  # this process's own reading ends when it replaces it
+        fd = _take(root)  # refuses a tree another process reads
+        if fd is None:  # another process was replacing it: look again
+            return tree_state(root, params)
+        os.close(fd)
     return "other"
+
+
+# The trees this process reads: a shared flock on each one's manifest, held while it lives, so
+# that no other process replaces a tree under a run that reads it (ensure_tree refuses to).
+_READING: dict[Path, int] = {}
+
+
+def hold_tree(root: str | Path, params: dict) -> None:
+    """Mark the tree of `params` at `root` as read by this process until it ends. DataError if
+    it is not that tree any more (another process replaced it since it was listed)."""
+    root = Path(root).expanduser().absolute()
+    path = root / MANIFEST
+    if root in _READING and _same_file(_READING[root], path):
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        fd = None
+    try:
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # waits out a replacement under way (seconds)
+    except OSError:  # a filesystem without locks: nothing to hold
+        os.close(fd)
+        return
+    if fd is None or not _same_file(fd, path) or _manifest(root) != params:
+        if fd is not None:
+            os.close(fd)
+        raise DataError(
+            f"the synthetic tree at data.root={root} was replaced by another process while this "
+            "one started: run again, or give each set of data.synthetic.* its own data.root"
+        )
+    _READING[root] = fd
+
+
+def _take(root: Path) -> int | None:
+    """An exclusive flock on the tree's manifest (its fd: close it to let go), so that no other
+    process reads the tree (hold_tree) while this one replaces it. None when another process was
+    replacing it (returned once that is done: look again); DataError naming the fix when another
+    process reads it."""
+    try:
+        fd = os.open(root / MANIFEST, os.O_RDONLY)
+    except FileNotFoundError:  # replaced this very moment
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd
+    except BlockingIOError:
+        pass
+    except OSError:  # a filesystem without locks: who reads it cannot be known
+        return fd
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:  # held exclusively: another process is replacing it
+        fcntl.flock(fd, fcntl.LOCK_SH)  # until it is done
+        os.close(fd)
+        return None
+    os.close(fd)
+    raise DataError(
+        f"data.root={root} holds a synthetic tree of other parameters that another run is "
+        "reading: it is not replaced under it. Give each set of data.synthetic.* its own "
+        "data.root, or wait for that run to end"
+    )
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def ensure_tree(
@@ -323,10 +399,30 @@ def ensure_tree(
     )  # fmt: skip
     root = Path(root).expanduser()
     state = tree_state(root, params)
+    while state == "other":
+        if (fd := _READING.pop(root.absolute(), None)) is not None:
+            os.close(fd)  # this process's own reading of the old tree ends here
+        taken = _take(root)  # held until the old tree is gone: no one starts reading it
+        if taken is not None:
+            break
+        state = tree_state(root, params)  # another process replaced it meanwhile
     if state == "ready":
+        hold_tree(root, params)
         return root
     if state == "other":
         print(f"[bnrepro] {root} was generated with other parameters: regenerating it")
+    try:
+        _generate_into(root, params, replace=state == "other")
+    finally:
+        if state == "other":
+            os.close(taken)
+    hold_tree(root, params)
+    return root
+
+
+def _generate_into(root: Path, params: dict, *, replace: bool) -> None:
+    """Generate in a temporary folder beside `root`, then rename it into place (`replace`: after
+    moving the old tree of other parameters, which this process holds, aside and deleting it)."""
     try:
         root.parent.mkdir(parents=True, exist_ok=True)
         # A name of its own (never another process's temporary folder, on any host).
@@ -344,8 +440,8 @@ def ensure_tree(
         raise
     if _manifest(root) == params:  # another process (rank) finished first
         shutil.rmtree(tmp)
-        return root
-    if state == "other" and tree_state(root, params) == "other":  # still the old tree: aside
+        return
+    if replace:  # the old tree, which no one reads: aside, then gone
         old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
         os.rename(root, old)
         shutil.rmtree(old)
@@ -355,11 +451,10 @@ def ensure_tree(
         shutil.rmtree(tmp)
         if _manifest(root) != params:
             raise
-    n = num_classes * (train_per_class + val_per_class)
+    n = params["num_classes"] * (params["train_per_class"] + params["val_per_class"])
     print(
         f"[bnrepro] generated {n} synthetic images in {root} ({time.perf_counter() - start:.1f} s)"
     )
-    return root
 
 
 def main(argv: list[str] | None = None) -> None:
