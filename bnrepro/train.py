@@ -10,7 +10,8 @@
 Everything is counted in images (paper steps = images / 32). Running the same command again in the
 same run folder resumes from its newest valid checkpoint; trainer.resume=PATH resumes from a file.
 On trainer.preempt_signal (SLURM's warning, USR2) the run checkpoints, requeues itself under SLURM
-and exits 0; on SIGTERM (scancel, a time-limit kill) it checkpoints and exits 0 without requeueing.
+and exits 0; on SIGTERM (scancel, a time-limit kill) or Ctrl-C it checkpoints and exits 0 without
+requeueing (a second Ctrl-C stops at once).
 A run whose loss or weights become non-finite stops (`diverged at paper step N: ...`), writes no
 checkpoint past its last finite one, records `diverged` in summary.json and metrics.jsonl, and ends
 with errors.Diverged, exit status 3 (0 under trainer.expect_divergence; a -m sweep goes on first).
