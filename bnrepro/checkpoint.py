@@ -253,11 +253,11 @@ class FolderLock:
 
 
 def _same_file(fd: int, path: Path) -> bool:
+    """Is the open file `fd` the one at `path` now (not one its holder removed meanwhile)?"""
     try:
-        here, there = os.fstat(fd), os.stat(path)
+        return os.path.samestat(os.fstat(fd), os.stat(path))
     except FileNotFoundError:
         return False
-    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def _holder(fd: int) -> str:

@@ -372,31 +372,19 @@ def _take(root: Path) -> int | None:
 
 
 def _same_file(fd: int, path: Path) -> bool:
+    """Is the open file `fd` the one at `path` now (not one its holder removed meanwhile)?"""
     try:
-        here, there = os.fstat(fd), os.stat(path)
+        return os.path.samestat(os.fstat(fd), os.stat(path))
     except OSError:
         return False
-    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
-def ensure_tree(
-    root: str | Path,
-    *,
-    num_classes: int,
-    train_per_class: int,
-    val_per_class: int,
-    min_side: int,
-    max_side: int,
-    quality: int,
-    seed: int,
-) -> Path:
-    """The synthetic tree at `root`, generated there unless it already exists with the same
-    parameters. A tree the generator provably made with other parameters (tree_state) is
-    replaced; any other non-empty folder is an error, never written into nor removed."""
-    params = tree_params(
-        num_classes=num_classes, train_per_class=train_per_class, val_per_class=val_per_class,
-        min_side=min_side, max_side=max_side, quality=quality, seed=seed,
-    )  # fmt: skip
+def ensure_tree(root: str | Path, **knobs: int) -> Path:
+    """The synthetic tree at `root` (`knobs`: tree_params' keywords), generated there unless it
+    already exists with the same parameters. A tree the generator provably made with other
+    parameters (tree_state) is replaced; any other non-empty folder is an error, never written
+    into nor removed."""
+    params = tree_params(**knobs)
     root = Path(root).expanduser()
     state = tree_state(root, params)
     while state == "other":
