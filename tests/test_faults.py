@@ -556,6 +556,23 @@ def test_invalid_values_are_refused_before_anything_is_written(capsys, tmp_path,
                       f"out_dir={tmp_path / 'out'}", words=words)  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (["data.augment.min_area=0.9", "data.augment.max_area=0.5"], ["min_area <= max_area"]),
+        (["data.eval_crop=48"], ["data.eval_crop must be in [1, data.eval_resize=36]"]),
+        (["data.batch_size=512"], ["fewer than one batch"]),
+    ],
+)
+def test_settings_that_contradict_each_other_are_refused_before_the_data_is_made(
+    capsys, tmp_path, overrides, words
+):
+    """Checked only once the synthetic tree had been generated (a write before the refusal)."""
+    refused_unchanged(capsys, [tmp_path], cli.bnrepro_train, *TINY_TRAIN, *overrides,
+                      f"data.root={tmp_path / 'syn'}", f"out_dir={tmp_path / 'out'}", words=words)  # fmt: skip
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---------------------------------------------------------------- image trees users have
 
 

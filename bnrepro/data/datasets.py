@@ -242,6 +242,7 @@ def _check_image_data(cfg: DictConfig) -> None:
         raise ConfigError("data.root is not set: data.root=/path/to/imagenet")
     if cfg.in_chans != 3 or len(cfg.mean) != 3 or len(cfg.std) != 3:
         raise ConfigError(f"data={cfg.name} is RGB: set data.in_chans=3 and 3-value mean and std")
+    _transforms(cfg)  # their settings too, before a tree is generated
 
 
 def _check_classes(cfg: DictConfig, classes: list[str]) -> None:
@@ -290,11 +291,16 @@ def build_datasets(
                 f"the data under data.root={cfg.root} changed while the run started (another "
                 "process wrote there): run again once it is settled"
             )
+    train_transform, eval_transform = _transforms(cfg)
+    return ImageFiles(train, train_transform), ImageFiles(val, eval_transform), classes
+
+
+def _transforms(cfg: DictConfig) -> tuple[T.TrainTransform, T.EvalTransform]:
+    """The training and evaluation transforms of image data (ConfigError for settings they
+    cannot follow: min_area > max_area, a crop larger than its resize)."""
     try:
         aug = T.Augment(**cfg.augment)
     except TypeError as err:
         keys = list(T.Augment.__dataclass_fields__)
         raise ConfigError(f"data.augment: {err}; its keys are {keys}") from err
-    train_ds = ImageFiles(train, T.TrainTransform(cfg.train_crop, aug))
-    val_ds = ImageFiles(val, T.EvalTransform(cfg.eval_resize, cfg.eval_crop))
-    return train_ds, val_ds, classes
+    return T.TrainTransform(cfg.train_crop, aug), T.EvalTransform(cfg.eval_resize, cfg.eval_crop)
