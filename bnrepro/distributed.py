@@ -233,9 +233,9 @@ def requeue_slurm_job() -> bool:
 
 
 class Preemption:
-    """Sets `requested` on SIGTERM, Ctrl-C (SIGINT) or trainer.preempt_signal; the loop checks it
-    every step, then checkpoints and stops. A second Ctrl-C interrupts at once (a checkpoint
-    being written then leaves no partial file: checkpoint.save).
+    """Sets `requested` on SIGTERM, trainer.preempt_signal or (once `catch_ctrl_c` is called)
+    Ctrl-C; the loop checks it every step, then checkpoints and stops. A second Ctrl-C interrupts
+    at once (a checkpoint being written then leaves no partial file: checkpoint.save).
 
     Only the warning signal asks for a requeue: SIGTERM comes from `scancel`, a time-limit kill or
     a cluster that requeues by itself, so the run checkpoints and stops without requeueing.
@@ -243,12 +243,17 @@ class Preemption:
 
     def __init__(self, signal_name: str) -> None:
         self.warning = getattr(signal, f"SIG{signal_name.removeprefix('SIG')}")
-        self.signals = {signal.SIGTERM, signal.SIGINT, self.warning}
+        self.signals = {signal.SIGTERM, self.warning}
         self.requested = self.requeue = False
 
     def __enter__(self) -> Preemption:
         self.previous = {s: signal.signal(s, self._handle) for s in self.signals}
         return self
+
+    def catch_ctrl_c(self) -> None:
+        """From now on (the run accepted, training), Ctrl-C too checkpoints and stops; before,
+        it stops at once, with nothing written yet."""
+        self.previous.setdefault(signal.SIGINT, signal.signal(signal.SIGINT, self._handle))
 
     def _handle(self, signum: int, frame: object) -> None:
         self.requested = True

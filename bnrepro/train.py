@@ -81,15 +81,16 @@ def start(cfg: DictConfig, folder: RunFolder, overrides: list[str] | None = None
     config = OmegaConf.to_container(cfg, resolve=True)
     lock = checkpoint.FolderLock(folder.path)  # rank 0's: one process per run folder
     try:
-        try:
-            identity, ckpt = distributed.agree(
-                dist, lambda: check_start(cfg, dist, lock, checkpointer, config)
-            )
-            builders.check_same_data(identity, dist)
-        except CommandError:  # raised on every rank together: they leave together
-            lock.abandon()
+        identity, ckpt = distributed.agree(
+            dist, lambda: check_start(cfg, dist, lock, checkpointer, config)
+        )
+        builders.check_same_data(identity, dist)
+    except BaseException as refused:
+        lock.abandon()
+        if isinstance(refused, CommandError):  # raised on every rank together (agree): so that
             distributed.barrier(dist)  # no rank removes its empty folders while rank 0's lock is in
-            raise
+        raise
+    try:
         builders.seed_everything(cfg.seed)  # the same initial weights on every rank
         data = builders.build_data(cfg, rank=dist.rank, world_size=dist.world_size,
                                    identity=identity)  # fmt: skip
@@ -166,7 +167,8 @@ def train(
     check_run(cfg)
     folder = RunFolder(run_dir or Path(cfg.out_dir) / cfg.run_name)
     with distributed.Preemption(cfg.trainer.preempt_signal) as preemption:  # no signal lost
-        s = start(cfg, folder, overrides)
+        s = start(cfg, folder, overrides)  # Ctrl-C here stops it at once, nothing written
+        preemption.catch_ctrl_c()  # from here, Ctrl-C checkpoints and stops
         try:
             try:
                 preempted, diverged = loop(s, preemption), None

@@ -681,6 +681,21 @@ def test_ctrl_c_in_a_command_is_one_line_and_status_130(capsys, tmp_path, monkey
     assert list(tmp_path.iterdir()) == []
 
 
+def test_ctrl_c_while_a_run_starts_stops_at_once_with_nothing_written(
+    capsys, run_copy, monkeypatch
+):
+    """Before the run is accepted, Ctrl-C is no preemption: nothing to checkpoint, nothing
+    written (it used to be a KeyboardInterrupt traceback)."""
+    out, overrides = run_copy
+
+    def interrupted(data_cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "identify", interrupted)
+    refused_unchanged(capsys, [out], cli.bnrepro_train, *overrides, "trainer.max_images=192",
+                      words=["interrupted (Ctrl-C)"], status=EXIT_INTERRUPTED)  # fmt: skip
+
+
 LIMITED = """
 import resource, signal, sys
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG), as on a full disk
