@@ -34,6 +34,10 @@ if TYPE_CHECKING:
     import torch
 
 FORMAT = "bnrepro-checkpoint/1"
+# What every checkpoint holds (a converted one too), and what a training run resumes from.
+MODEL_KEYS = ("arch", "classes", "model")
+TRAINING_KEYS = ("optimizer", "scheduler", "scaler", "rng", "data", "images_seen", "step", "best",
+                 "config", "wandb_run_id")  # fmt: skip
 
 # Keys that may change between a run and its resumption without making it another run: how it
 # runs (runtime.*: device, precision, compile), where the data lives and how it is read, how it is
@@ -552,12 +556,6 @@ def load(path: str | Path) -> dict:
             "bnrepro; use another checkpoint"
         )
     return ckpt
-
-
-# What every checkpoint holds (a converted one too), and what a training run resumes from.
-MODEL_KEYS = ("arch", "classes", "model")
-TRAINING_KEYS = ("optimizer", "scheduler", "scaler", "rng", "data", "images_seen", "step", "best",
-                 "config", "wandb_run_id")  # fmt: skip
 
 
 def load_training(path: str | Path) -> dict:
