@@ -25,6 +25,7 @@ import fcntl
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -245,27 +246,32 @@ def _not_ours(root: Path, manifest: dict | None) -> str | None:
         isinstance(manifest[k], int) and not isinstance(manifest[k], bool) for k in PARAMETERS
     ):
         return f"its {MANIFEST} is not the generator's (keys {', '.join(PARAMETERS)})"
+    try:
+        return _foreign_files(root, manifest)
+    except OSError as e:
+        return f"it cannot be listed ({e.strerror or e})"
+
+
+def _foreign_files(root: Path, manifest: dict) -> str | None:
+    """What in `root` the generator of `manifest` would not have made, in words (None: nothing);
+    names are compared only where their count matches (a manifest's numbers size no set)."""
     extra = {e.name for e in os.scandir(root)} - {"train", "val", CSV, MANIFEST}
     if extra:
         return f"it holds files the generator does not make ({', '.join(sorted(extra))})"
-    counts = {"train": manifest["train_per_class"], "val": manifest["val_per_class"]}
-    val_names = {
-        f"{_val_name(n)}.JPEG" for n in range(1, manifest["num_classes"] * counts["val"] + 1)
-    }
-    try:
-        classes = list(os.scandir(root / "train"))
-        if len(classes) != manifest["num_classes"]:
-            return f"train/ holds {len(classes)} entries, not {manifest['num_classes']} classes"
-        for folder in classes:
-            expected = {_train_name(folder.name, k) for k in range(counts["train"])}
-            if folder.is_symlink() or not folder.is_dir():
-                return f"train/{folder.name} is not a class folder of the generator"
-            if {e.name for e in os.scandir(folder.path)} != expected:
-                return f"train/{folder.name} holds other files than the generator's"
-        if {e.name for e in os.scandir(root / "val")} != val_names:
-            return "val/ holds other files than the generator's"
-    except OSError as e:
-        return f"it cannot be listed ({e.strerror or e})"
+    classes = list(os.scandir(root / "train"))
+    if len(classes) != manifest["num_classes"]:
+        return f"train/ holds {len(classes)} entries, not {manifest['num_classes']} classes"
+    for folder in classes:
+        if folder.is_symlink() or not folder.is_dir() or not re.fullmatch(r"n\d{8}", folder.name):
+            return f"train/{folder.name} is not a class folder of the generator"
+        names = {e.name for e in os.scandir(folder.path)}
+        k = manifest["train_per_class"]
+        if len(names) != k or names != {_train_name(folder.name, i) for i in range(k)}:
+            return f"train/{folder.name} holds other files than the generator's"
+    names = {e.name for e in os.scandir(root / "val")}
+    n = manifest["num_classes"] * manifest["val_per_class"]
+    if len(names) != n or names != {f"{_val_name(i)}.JPEG" for i in range(1, n + 1)}:
+        return "val/ holds other files than the generator's"
     return None
 
 
