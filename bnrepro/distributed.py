@@ -49,26 +49,27 @@ class Dist:
         return self.world_size > 1
 
 
-def _env_ranks() -> tuple[int, int, int, dict[str, str]]:
-    """(rank, world_size, local_rank, extra env for the rendezvous) from torchrun or SLURM."""
+def _env_ranks(rendezvous: bool = True) -> tuple[int, int, int, dict[str, str]]:
+    """(rank, world_size, local_rank, extra env for the rendezvous: with `rendezvous` only) from
+    torchrun or SLURM."""
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:  # torchrun (or a user's own launcher)
         return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)), {}
     if int(env.get("SLURM_NTASKS", 1)) > 1 and "SLURM_PROCID" in env:  # srun, one task per GPU
-        rendezvous = {
+        meeting = {
             "MASTER_ADDR": env.get("MASTER_ADDR") or _slurm_master_addr(),
             # Same port on every task, different per job so two jobs on a node do not collide.
             "MASTER_PORT": env.get("MASTER_PORT") or str(15000 + int(env["SLURM_JOB_ID"]) % 20000),
-        }
+        } if rendezvous else {}  # fmt: skip
         local = int(env.get("SLURM_LOCALID", 0))
-        return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), local, rendezvous
+        return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), local, meeting
     return 0, 1, 0, {}
 
 
 def launched_rank() -> int:
     """This process's rank when a launcher (torchrun, srun) started several, else 0; read from
-    the environment alone (no torch, no process group)."""
-    rank, world_size, _, _ = _env_ranks()
+    the environment alone (no torch, no process group, no scontrol)."""
+    rank, world_size, _, _ = _env_ranks(rendezvous=False)
     return rank if world_size > 1 else 0
 
 
