@@ -4,6 +4,11 @@ An unreadable file (corrupt, truncated, not an image) is skipped in one place,
 `ImageFiles.try_load`: marked bad in a shared-memory flag that every worker process sees, warned
 about once with its path, and counted (`skipped_files`). Training replaces it by the next readable
 file; evaluation leaves it out.
+
+A training sample is (uint8 image, label, colour parameters): the image cropped, resized and
+flipped, its colour distortion still to come (transforms.color_params); `collate_train` makes a
+`TrainBatch` of them, whose colour the training process applies on its device
+(engine.Runtime.inputs). An evaluation sample is (uint8 image, label).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import functools
 import os
 import warnings
 from collections.abc import Callable
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -32,6 +37,29 @@ TAG_SHUFFLE, TAG_SHARDS, TAG_AUGMENT = 1, 2, 3  # keep the random streams apart
 Loaded = TypeVar("Loaded")
 
 
+class TrainBatch(NamedTuple):
+    """A training batch as every training loader yields it (data.decode=cpu, gpu, dali)."""
+
+    images: torch.Tensor  # uint8 [B, C, H, W]: cropped, resized and flipped, not yet coloured
+    labels: torch.Tensor  # int64 [B]
+    color: torch.Tensor  # float32 [B, 5] on the CPU: each image's transforms.color_params row
+
+    @classmethod
+    def without_color(cls, images: torch.Tensor, labels: torch.Tensor) -> TrainBatch:
+        """A batch whose images get no colour distortion (benchmarks, tests)."""
+        return cls(images, labels, torch.tensor([T.NO_COLOR] * len(labels)))
+
+
+def collate_train(samples: list[tuple[torch.Tensor, int, tuple[float, ...]]]) -> TrainBatch:
+    """A DataLoader's training samples (image, label, colour parameters) as one TrainBatch."""
+    images, labels, color = zip(*samples, strict=True)
+    return TrainBatch(
+        torch.stack(images),
+        torch.tensor(labels, dtype=torch.int64),
+        torch.tensor(color, dtype=torch.float32),
+    )
+
+
 def augment_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     """The random stream of one training sample's augmentation: a function of (seed, epoch,
     index) only, so the worker count and the decode path never change a crop."""
@@ -40,7 +68,8 @@ def augment_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 
 class ImageFiles(Dataset):
     """Image files through a transform. A key is an index, or (index, epoch, seed) from the
-    training sampler: the augmentation's randomness comes from that triple only."""
+    training sampler: the augmentation's randomness comes from that triple only. Training gives
+    (image, label, colour parameters), evaluation (image, label)."""
 
     def __init__(self, split: Split, transform: T.TrainTransform | T.EvalTransform):
         self.split, self.transform = split, transform
@@ -50,13 +79,14 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.split.files)
 
-    def __getitem__(self, key: int | tuple[int, int, int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int, int]) -> tuple:
         index, epoch, seed = key if isinstance(key, tuple) else (key, 0, 0)
         for attempt in range(MAX_BAD_IN_A_ROW):
             i = (index + attempt) % len(self)
-            image = self.try_load(i, functools.partial(self._transform, i, epoch, seed))
-            if image is not None:
-                return image, int(self.split.labels[i])
+            loaded = self.try_load(i, functools.partial(self._transform, i, epoch, seed))
+            if loaded is not None:
+                label = int(self.split.labels[i])
+                return (loaded[0], label, loaded[1]) if self.train else (loaded, label)
         folder = os.path.dirname(self.split.path(index))
         raise DataError(
             f"{MAX_BAD_IN_A_ROW} unreadable images in a row from {self.split.path(index)} on, in "
@@ -65,7 +95,7 @@ class ImageFiles(Dataset):
             "at an intact copy"
         )
 
-    def _transform(self, i: int, epoch: int, seed: int, data: bytes) -> torch.Tensor:
+    def _transform(self, i: int, epoch: int, seed: int, data: bytes):
         if self.train:
             return self.transform(data, augment_rng(seed, epoch, i))
         return self.transform(data)
@@ -92,18 +122,20 @@ class ImageFiles(Dataset):
 
 class ArrayImages(Dataset):
     """In-memory uint8 images [N, C, H, W] (MNIST): no decoding, and no augmentation whatever
-    data.augment says (the experiments' crop and colour settings are for photographs)."""
+    data.augment says (the experiments' crop and colour settings are for photographs). A
+    training set (`train`) gives (image, label, NO_COLOR), as ImageFiles' training samples."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
-        self.images, self.labels = images, labels
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, train: bool = False):
+        self.images, self.labels, self.train = images, labels, train
         self.bad = torch.zeros(0, dtype=torch.bool)
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, key: int | tuple[int, int, int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int, int]) -> tuple:
         index = key[0] if isinstance(key, tuple) else key
-        return self.images[index], int(self.labels[index])
+        image, label = self.images[index], int(self.labels[index])
+        return (image, label, T.NO_COLOR) if self.train else (image, label)
 
 
 class WholeImages(Dataset):
@@ -140,7 +172,8 @@ def _mnist(cfg: DictConfig) -> tuple[ArrayImages, ArrayImages, list[str]]:
         x = torch.from_numpy(arrays[f"x_{split}"]).unsqueeze(1).float()
         x = F.interpolate(x, size=(cfg.train_crop, cfg.train_crop), mode="bilinear", antialias=True)
         images = x.round().clamp(0, 255).to(torch.uint8)
-        out.append(ArrayImages(images, torch.from_numpy(arrays[f"y_{split}"]).long()))
+        labels = torch.from_numpy(arrays[f"y_{split}"]).long()
+        out.append(ArrayImages(images, labels, train=split == "train"))
     return out[0], out[1], [str(d) for d in range(10)]
 
 
