@@ -82,6 +82,33 @@ def write_devkit(devkit, ids: dict[str, int], truth: list[int]) -> None:
 DEVKIT_IDS = {"n03000003": 1, "n01000002": 2, "n02000001": 3}
 
 
+def write_tars(root, tmp_path):
+    """The image-folder tree `root` as ImageNet's original tars in tmp_path/tars: (that folder,
+    val image name -> wnid, torchvision's ARCHIVE_META with these files' MD5s)."""
+    import torchvision.datasets.imagenet as tv
+
+    tars = tmp_path / "tars"
+    tars.mkdir()
+    staging = tmp_path / "staging"
+    truth = flat_val(shutil.copytree(root, staging), DEVKIT_IDS)
+    with tarfile.open(tars / "ILSVRC2012_img_train.tar", "w") as outer:
+        for wnid in WNIDS:
+            inner = staging / f"{wnid}.tar"
+            with tarfile.open(inner, "w") as t:
+                for f in sorted((staging / "train" / wnid).iterdir()):
+                    t.add(f, arcname=f.name)
+            outer.add(inner, arcname=inner.name)
+    with tarfile.open(tars / "ILSVRC2012_img_val.tar", "w") as t:
+        for f in sorted((staging / "val").iterdir()):
+            t.add(f, arcname=f.name)
+    with tarfile.open(tars / "ILSVRC2012_devkit_t12.tar.gz", "w:gz") as t:
+        t.add(staging / layouts.DEVKIT, arcname=layouts.DEVKIT)
+    md5 = {
+        k: hashlib.md5((tars / n).read_bytes()).hexdigest() for k, (n, _) in tv.ARCHIVE_META.items()
+    }
+    return tars, truth, {k: (n, md5[k]) for k, (n, _) in tv.ARCHIVE_META.items()}
+
+
 def test_layouts_give_every_image_the_same_label(image_folder_tree, tmp_path, monkeypatch):
     root, classes = image_folder_tree
     train, val, got_classes = D.find_imagenet(root)
@@ -103,31 +130,10 @@ def test_layouts_give_every_image_the_same_label(image_folder_tree, tmp_path, mo
             assert classes[y] == truth[f.decode().split("/")[-1][:-5]]
 
     # 3. The original tars, unpacked by torchvision.datasets.ImageNet.
-    tars = tmp_path / "tars"
-    tars.mkdir()
-    truth = flat_val(shutil.copytree(root, tmp_path / "staging"), DEVKIT_IDS)
-    staging = tmp_path / "staging"
-    with tarfile.open(tars / "ILSVRC2012_img_train.tar", "w") as outer:
-        for wnid in WNIDS:
-            inner = staging / f"{wnid}.tar"
-            with tarfile.open(inner, "w") as t:
-                for f in sorted((staging / "train" / wnid).iterdir()):
-                    t.add(f, arcname=f.name)
-            outer.add(inner, arcname=inner.name)
-    with tarfile.open(tars / "ILSVRC2012_img_val.tar", "w") as t:
-        for f in sorted((staging / "val").iterdir()):
-            t.add(f, arcname=f.name)
-    with tarfile.open(tars / "ILSVRC2012_devkit_t12.tar.gz", "w:gz") as t:
-        t.add(staging / layouts.DEVKIT, arcname=layouts.DEVKIT)
+    tars, truth, archive_meta = write_tars(root, tmp_path)
     import torchvision.datasets.imagenet as tv
 
-    md5 = {
-        k: hashlib.md5((tars / name).read_bytes()).hexdigest()
-        for k, (name, _) in tv.ARCHIVE_META.items()
-    }
-    monkeypatch.setattr(
-        tv, "ARCHIVE_META", {k: (n, md5[k]) for k, (n, _) in tv.ARCHIVE_META.items()}
-    )
+    monkeypatch.setattr(tv, "ARCHIVE_META", archive_meta)
     for _ in range(2):  # unpacks once; the second time it reads the unpacked folders (layout 1)
         tr, va, cl = D.find_imagenet(tars)
         assert cl == classes

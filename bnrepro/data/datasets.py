@@ -25,8 +25,9 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
+from bnrepro import distributed
 from bnrepro.data import transforms as T
-from bnrepro.data.layouts import Split, find_imagenet
+from bnrepro.data.layouts import Split, find_imagenet, tars_only, unpack_tars
 from bnrepro.data.mnist import load_mnist
 from bnrepro.data.synthetic import ensure_tree
 from bnrepro.errors import ConfigError, DataError
@@ -177,8 +178,28 @@ def _mnist(cfg: DictConfig) -> tuple[ArrayImages, ArrayImages, list[str]]:
     return out[0], out[1], [str(d) for d in range(10)]
 
 
-def build_datasets(data_cfg: DictConfig) -> tuple[Dataset, Dataset, list[str]]:
-    """(train_ds, val_ds, classes) for data.name imagenet | synthetic | mnist."""
+def find_imagenet_once(
+    root: str, *, rank: int = 0, local_rank: int = 0, world_size: int = 1
+) -> tuple[Split, Split, list[str]]:
+    """find_imagenet on rank 0 alone, its listing sent to every rank: one scan of the training
+    tree (1.28M files on a shared file system), not one per rank at the same time; the tars, if
+    that is the layout, unpacked by rank 0 first. Then the first process of each node that still
+    sees only the tars (a node-local copy) unpacks them too, every rank waiting for it. Every
+    node's data.root must hold the same files (a shared file system or identical copies)."""
+    listing = distributed.from_rank0(lambda: find_imagenet(root), rank, world_size)
+    if world_size > 1:
+        distributed.once_per_node(
+            lambda: unpack_tars(root) if tars_only(root) else None, local_rank, world_size
+        )
+    return listing
+
+
+def build_datasets(
+    data_cfg: DictConfig, *, rank: int = 0, local_rank: int = 0, world_size: int = 1
+) -> tuple[Dataset, Dataset, list[str]]:
+    """(train_ds, val_ds, classes) for data.name imagenet | synthetic | mnist. With several
+    processes (the ranks of distributed.setup) the file listing is made once and shared
+    (find_imagenet_once)."""
     cfg = data_cfg
     if cfg.name == "mnist":
         return _mnist(cfg)
@@ -188,7 +209,9 @@ def build_datasets(data_cfg: DictConfig) -> tuple[Dataset, Dataset, list[str]]:
         raise ConfigError(f"data={cfg.name} is RGB: set data.in_chans=3 and 3-value mean and std")
     if cfg.name == "synthetic":
         ensure_tree(cfg.root, num_classes=cfg.num_classes, **cfg.synthetic)
-    train, val, classes = find_imagenet(cfg.root)
+    train, val, classes = find_imagenet_once(
+        cfg.root, rank=rank, local_rank=local_rank, world_size=world_size
+    )
     if len(classes) != cfg.num_classes:
         raise ConfigError(
             f"{cfg.root} has {len(classes)} classes but data.num_classes={cfg.num_classes}: "
