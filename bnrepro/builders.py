@@ -41,9 +41,12 @@ class Data:
     val_loader: torch.utils.data.DataLoader
 
 
-def build_data(cfg: DictConfig, *, rank: int, world_size: int) -> Data:
-    """cfg.data's datasets and this rank's loaders (the training order seeded by cfg.seed)."""
-    train_ds, val_ds, classes = datasets.build_datasets(cfg.data)
+def build_data(cfg: DictConfig, *, rank: int, world_size: int, local_rank: int = 0) -> Data:
+    """cfg.data's datasets and this rank's loaders (the training order seeded by cfg.seed); the
+    file listing made once, on rank 0, and shared (data.build_datasets)."""
+    train_ds, val_ds, classes = datasets.build_datasets(
+        cfg.data, rank=rank, local_rank=local_rank, world_size=world_size
+    )
     return Data(
         classes=list(classes),
         train_ds=train_ds,

@@ -241,6 +241,7 @@ class PlanSettingsSchema:
     train_flops_factor: Positive
     sustained_tflops: Positive
     images_per_s: Positive | None
+    pipeline_images_per_s_per_core: Positive
     plot_width: Annotated[int, Range(8)]
     plot_height: Annotated[int, Range(3)]
 

@@ -74,7 +74,9 @@ def start(cfg: DictConfig, folder: RunFolder, overrides: list[str] | None = None
     dist = distributed.setup(cfg.runtime.device, timeout_s=cfg.runtime.dist_timeout_s)
     runtime = engine.build_runtime(cfg.runtime, cfg.data, dist.device)
     builders.seed_everything(cfg.seed)  # the same initial weights on every rank
-    data = builders.build_data(cfg, rank=dist.rank, world_size=dist.world_size)
+    data = builders.build_data(
+        cfg, rank=dist.rank, world_size=dist.world_size, local_rank=dist.local_rank
+    )
     batch = global_batch(cfg.data.batch_size, dist.world_size, cfg.trainer.grad_accum)
     lr = effective_lr(cfg.optim.lr, batch)
     model = builders.build_model(cfg, data.classes)

@@ -47,15 +47,16 @@ def test_every_experiment_trains_and_fits_a_fixed_batch(experiment, tiny_overrid
     runtime = engine.build_runtime(cfg.runtime, cfg.data, torch.device("cpu"))
     model = builders.build_model(cfg, dat.classes)
     optimizer = builders.build_optimizer(model, cfg.optim, effective_lr(cfg.optim.lr, 16))
-    images, labels = next(iter(dat.train_loader))
+    batch = next(iter(dat.train_loader))
 
     def loss() -> float:  # train mode (BN on batch statistics), the same dropout mask each time
         with torch.no_grad(), torch.random.fork_rng():
             torch.manual_seed(1)
-            return F.cross_entropy(model(runtime.inputs(images)), labels).item()
+            inputs, labels = runtime.batch_inputs(batch)
+            return F.cross_entropy(model(inputs), labels).item()
 
     before = loss()
-    fixed_batch = iter(lambda: (0, 1, images, labels), None)
+    fixed_batch = iter(lambda: (0, 1, batch), None)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     for _ in range(5):
         engine.train_step(model, fixed_batch, optimizer, scaler, runtime, torch.zeros(3))

@@ -4,6 +4,11 @@ An unreadable file (corrupt, truncated, not an image) is skipped in one place,
 `ImageFiles.try_load`: marked bad in a shared-memory flag that every worker process sees, warned
 about once with its path, and counted (`skipped_files`). Training replaces it by the next readable
 file; evaluation leaves it out.
+
+A training sample is (uint8 image, label, colour parameters): the image cropped, resized and
+flipped, its colour distortion still to come (transforms.color_params); `collate_train` makes a
+`TrainBatch` of them, whose colour the training process applies on its device
+(engine.Runtime.inputs). An evaluation sample is (uint8 image, label).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import functools
 import os
 import warnings
 from collections.abc import Callable
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -20,8 +25,9 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
+from bnrepro import distributed
 from bnrepro.data import transforms as T
-from bnrepro.data.layouts import Split, find_imagenet
+from bnrepro.data.layouts import Split, find_imagenet, tars_only, unpack_tars
 from bnrepro.data.mnist import load_mnist
 from bnrepro.data.synthetic import ensure_tree
 from bnrepro.errors import ConfigError, DataError
@@ -32,6 +38,29 @@ TAG_SHUFFLE, TAG_SHARDS, TAG_AUGMENT = 1, 2, 3  # keep the random streams apart
 Loaded = TypeVar("Loaded")
 
 
+class TrainBatch(NamedTuple):
+    """A training batch as every training loader yields it (data.decode=cpu, gpu, dali)."""
+
+    images: torch.Tensor  # uint8 [B, C, H, W]: cropped, resized and flipped, not yet coloured
+    labels: torch.Tensor  # int64 [B]
+    color: torch.Tensor  # float32 [B, 5] on the CPU: each image's transforms.color_params row
+
+    @classmethod
+    def without_color(cls, images: torch.Tensor, labels: torch.Tensor) -> TrainBatch:
+        """A batch whose images get no colour distortion (benchmarks, tests)."""
+        return cls(images, labels, torch.tensor([T.NO_COLOR] * len(labels)))
+
+
+def collate_train(samples: list[tuple[torch.Tensor, int, tuple[float, ...]]]) -> TrainBatch:
+    """A DataLoader's training samples (image, label, colour parameters) as one TrainBatch."""
+    images, labels, color = zip(*samples, strict=True)
+    return TrainBatch(
+        torch.stack(images),
+        torch.tensor(labels, dtype=torch.int64),
+        torch.tensor(color, dtype=torch.float32),
+    )
+
+
 def augment_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     """The random stream of one training sample's augmentation: a function of (seed, epoch,
     index) only, so the worker count and the decode path never change a crop."""
@@ -40,7 +69,8 @@ def augment_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 
 class ImageFiles(Dataset):
     """Image files through a transform. A key is an index, or (index, epoch, seed) from the
-    training sampler: the augmentation's randomness comes from that triple only."""
+    training sampler: the augmentation's randomness comes from that triple only. Training gives
+    (image, label, colour parameters), evaluation (image, label)."""
 
     def __init__(self, split: Split, transform: T.TrainTransform | T.EvalTransform):
         self.split, self.transform = split, transform
@@ -50,13 +80,14 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.split.files)
 
-    def __getitem__(self, key: int | tuple[int, int, int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int, int]) -> tuple:
         index, epoch, seed = key if isinstance(key, tuple) else (key, 0, 0)
         for attempt in range(MAX_BAD_IN_A_ROW):
             i = (index + attempt) % len(self)
-            image = self.try_load(i, functools.partial(self._transform, i, epoch, seed))
-            if image is not None:
-                return image, int(self.split.labels[i])
+            loaded = self.try_load(i, functools.partial(self._transform, i, epoch, seed))
+            if loaded is not None:
+                label = int(self.split.labels[i])
+                return (loaded[0], label, loaded[1]) if self.train else (loaded, label)
         folder = os.path.dirname(self.split.path(index))
         raise DataError(
             f"{MAX_BAD_IN_A_ROW} unreadable images in a row from {self.split.path(index)} on, in "
@@ -65,7 +96,7 @@ class ImageFiles(Dataset):
             "at an intact copy"
         )
 
-    def _transform(self, i: int, epoch: int, seed: int, data: bytes) -> torch.Tensor:
+    def _transform(self, i: int, epoch: int, seed: int, data: bytes):
         if self.train:
             return self.transform(data, augment_rng(seed, epoch, i))
         return self.transform(data)
@@ -92,18 +123,20 @@ class ImageFiles(Dataset):
 
 class ArrayImages(Dataset):
     """In-memory uint8 images [N, C, H, W] (MNIST): no decoding, and no augmentation whatever
-    data.augment says (the experiments' crop and colour settings are for photographs)."""
+    data.augment says (the experiments' crop and colour settings are for photographs). A
+    training set (`train`) gives (image, label, NO_COLOR), as ImageFiles' training samples."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
-        self.images, self.labels = images, labels
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, train: bool = False):
+        self.images, self.labels, self.train = images, labels, train
         self.bad = torch.zeros(0, dtype=torch.bool)
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, key: int | tuple[int, int, int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int, int]) -> tuple:
         index = key[0] if isinstance(key, tuple) else key
-        return self.images[index], int(self.labels[index])
+        image, label = self.images[index], int(self.labels[index])
+        return (image, label, T.NO_COLOR) if self.train else (image, label)
 
 
 class WholeImages(Dataset):
@@ -140,12 +173,33 @@ def _mnist(cfg: DictConfig) -> tuple[ArrayImages, ArrayImages, list[str]]:
         x = torch.from_numpy(arrays[f"x_{split}"]).unsqueeze(1).float()
         x = F.interpolate(x, size=(cfg.train_crop, cfg.train_crop), mode="bilinear", antialias=True)
         images = x.round().clamp(0, 255).to(torch.uint8)
-        out.append(ArrayImages(images, torch.from_numpy(arrays[f"y_{split}"]).long()))
+        labels = torch.from_numpy(arrays[f"y_{split}"]).long()
+        out.append(ArrayImages(images, labels, train=split == "train"))
     return out[0], out[1], [str(d) for d in range(10)]
 
 
-def build_datasets(data_cfg: DictConfig) -> tuple[Dataset, Dataset, list[str]]:
-    """(train_ds, val_ds, classes) for data.name imagenet | synthetic | mnist."""
+def find_imagenet_once(
+    root: str, *, rank: int = 0, local_rank: int = 0, world_size: int = 1
+) -> tuple[Split, Split, list[str]]:
+    """find_imagenet on rank 0 alone, its listing sent to every rank: one scan of the training
+    tree (1.28M files on a shared file system), not one per rank at the same time; the tars, if
+    that is the layout, unpacked by rank 0 first. Then the first process of each node that still
+    sees only the tars (a node-local copy) unpacks them too, every rank waiting for it. Every
+    node's data.root must hold the same files (a shared file system or identical copies)."""
+    listing = distributed.from_rank0(lambda: find_imagenet(root), rank, world_size)
+    if world_size > 1:
+        distributed.once_per_node(
+            lambda: unpack_tars(root) if tars_only(root) else None, local_rank, world_size
+        )
+    return listing
+
+
+def build_datasets(
+    data_cfg: DictConfig, *, rank: int = 0, local_rank: int = 0, world_size: int = 1
+) -> tuple[Dataset, Dataset, list[str]]:
+    """(train_ds, val_ds, classes) for data.name imagenet | synthetic | mnist. With several
+    processes (the ranks of distributed.setup) the file listing is made once and shared
+    (find_imagenet_once)."""
     cfg = data_cfg
     if cfg.name == "mnist":
         return _mnist(cfg)
@@ -155,7 +209,9 @@ def build_datasets(data_cfg: DictConfig) -> tuple[Dataset, Dataset, list[str]]:
         raise ConfigError(f"data={cfg.name} is RGB: set data.in_chans=3 and 3-value mean and std")
     if cfg.name == "synthetic":
         ensure_tree(cfg.root, num_classes=cfg.num_classes, **cfg.synthetic)
-    train, val, classes = find_imagenet(cfg.root)
+    train, val, classes = find_imagenet_once(
+        cfg.root, rank=rank, local_rank=local_rank, world_size=world_size
+    )
     if len(classes) != cfg.num_classes:
         raise ConfigError(
             f"{cfg.root} has {len(classes)} classes but data.num_classes={cfg.num_classes}: "
