@@ -174,7 +174,10 @@ def fake_bin(folder: Path, train: str = "", report: str = "") -> Path:
     the real bnrepro-train and bnrepro-report."""
     real = Path(sys.executable).parent
     folder.mkdir()
-    (folder / "python").symlink_to(real / "python")
+    # A wrapper, not a symlink: through a symlink in another folder Python would not find its
+    # venv (pandas, and bnrepro from anywhere).
+    (folder / "python").write_text(f'#!/usr/bin/env bash\nexec {real / "python"} "$@"\n')
+    (folder / "python").chmod(0o755)
     for name, body in (("bnrepro-train", train), ("bnrepro-report", report)):
         if body:
             (folder / name).write_text(f"#!/usr/bin/env bash\n{body}\n")
@@ -356,7 +359,9 @@ def test_two_seeds_of_one_config_are_one_curve_with_a_band(tmp_path, drawn):
     assert (low, high) == pytest.approx((min(over_seeds([0.2, 0.3]).low, spread.low), spread.high))
     row = json.loads((tmp_path / "rep" / "figure3.json").read_text())["rows"]["bn_x30"]
     assert row["seeds"] == 2 and row["paper_max_top1"] == 0.748
-    assert (row["final_top1_low"], row["final_top1_high"]) == pytest.approx((spread.low, spread.high))
+    assert (row["final_top1_low"], row["final_top1_high"]) == pytest.approx(
+        (spread.low, spread.high)
+    )
 
 
 def test_the_same_config_and_seed_twice_is_refused(tmp_path):
