@@ -14,7 +14,7 @@ from test_report import fake_bin, fake_run_folder
 from bnrepro.checkpoint import defining_keys
 from bnrepro.config import CONFIG_DIR, compose
 from bnrepro.figures import report
-from bnrepro.figures.ablation import Ablation
+from bnrepro.figures.ablation import Ablation, verdict
 from bnrepro.stats import over_seeds
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,8 +97,11 @@ def test_each_change_against_its_nearest_base_paired_by_seed(tmp_path):
     md = (tmp_path / "rep" / "ablation.md").read_text()
     assert "| bn_baseline_plus_lr_x5 | bn_baseline | optim.lr: 0.0015 -> 0.0075 | 3 |" in md
     assert (
-        f"| {100 * spread.mean:+.1f} pt [{100 * spread.low:+.1f}, {100 * spread.high:+.1f}] |" in md
-    )
+        f"| {100 * spread.mean:+.1f} pt [{100 * spread.low:+.1f}, {100 * spread.high:+.1f}] "
+        "| higher than its base |"
+    ) in md
+    minus = summary["rows"]["bn_x5_minus_no_dropout"]  # vs bn_baseline: +0.19, +0.16, +0.18
+    assert minus["delta_low"] > 0
     assert (tmp_path / "rep" / "ablation.svg").is_file()
 
 
@@ -160,3 +163,12 @@ def test_ablation_script_with_real_runs(tiny_data_root, tmp_path):
     assert all(r["base"] == "bn_baseline" for n, r in summary["rows"].items() if n != "bn_baseline")
     record = json.loads((tmp_path / "results" / "ablation_run.json").read_text())
     assert record["failed_runs"] == 1
+
+
+def test_the_verdict_follows_the_interval():
+    row = {"base": "b", "delta_mean": 0.01, "delta_low": -0.02, "delta_high": 0.04}
+    assert verdict(row) == "no difference detected"
+    assert verdict(row | {"delta_low": 0.001}) == "higher than its base"
+    assert verdict(row | {"delta_high": -0.001}) == "lower than its base"
+    assert verdict(row | {"delta_low": None}) == "no interval (one seed)"
+    assert verdict({"base": None}) == "-"

@@ -52,6 +52,11 @@ def test_largest_stable_lr_per_seed_stops_at_the_first_failure(tmp_path):
     assert "| Inception | 0.015 | 2 | seed 1 (7) | - | 60.0% |" in md
     assert "| BN-Baseline | 1.5 | 2 | seed 0 (7), seed 1 (7) | - | - |" in md
     assert "- Inception, largest stable LR (no divergence): 0.0015 to 0.15" in md
+    # seed by seed: stable (seeds 0.15, 0.15 against 0.15, 0.0015) overlaps; trains does not
+    assert "**largest stable LR (no divergence), BN-Baseline against Inception: not settled" in md
+    assert ("**largest LR that trains above chance, BN-Baseline against Inception: holds: every "
+            "BN-Baseline seed above every Inception seed** (BN-Baseline 0.15 to 0.15, Inception "
+            "0.0015 to 0.015, over 2 and 2 seeds)") in md  # fmt: skip
     for suffix in ("png", "pdf", "svg"):
         assert (tmp_path / "rep" / f"lr_stability.{suffix}").is_file()
 
@@ -112,6 +117,15 @@ def test_covariate_shift_draws_each_configuration_from_the_monitor(tmp_path):
     assert (inception["p85_first"], inception["p85_last"]) == (1.0, 4.0)
     bn = summary["groups"]["bn_baseline (optim.lr=0.0015)"]["blocks.5b.branch1x1.act"]
     assert (bn["p50_min"], bn["p50_max"]) == (0.0, 0.1)
+    # the largest percentile range over the mean 15-85 spread (2): seed by seed
+    assert inception["drift_per_seed"] == {"0": 1.0, "1": 2.0}
+    assert bn["drift_per_seed"] == {"0": pytest.approx(0.05)}
+    from bnrepro.figures.shift import verdicts
+
+    (line,) = verdicts(summary)
+    assert (
+        "holds: every Inception seed drifts more than every BN-Baseline (optim.lr=0.0015)" in line
+    )
     assert (tmp_path / "rep" / "covariate_shift.svg").is_file()
 
 

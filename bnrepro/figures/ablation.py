@@ -110,6 +110,19 @@ def _paired(base: dict, other: dict) -> dict:
     return {"delta_final_top1": deltas, "delta_mean": s.mean, "delta_low": low, "delta_high": high}
 
 
+def verdict(row: dict) -> str:
+    """A configuration against its base by the 95% t interval of the seed-paired difference."""
+    if row.get("base") is None:
+        return "-"
+    if row.get("delta_low") is None:
+        return "no interval (one seed)" if row.get("delta_mean") is not None else "no seeds to pair"
+    if row["delta_low"] > 0:
+        return "higher than its base"
+    if row["delta_high"] < 0:
+        return "lower than its base"
+    return "no difference detected"
+
+
 def _change_text(change: dict) -> str:
     return "; ".join(f"{k}: {value_text(a)} -> {value_text(b)}" for k, (a, b) in change.items())
 
@@ -128,8 +141,8 @@ def markdown(summary: dict) -> str:
         f"`{summary['reference']}`. Intervals: 95%, Student t over seeds; a difference is the "
         "mean of the seed-by-seed differences from the base.",
         "",
-        "| configuration | base | change | seeds | steps to target (per seed; mean) | final top-1 [95% interval] | final top-1 minus the base's [95% interval] | max top-1 (mean +- sd) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| configuration | base | change | seeds | steps to target (per seed; mean) | final top-1 [95% interval] | final top-1 minus the base's [95% interval] | verdict | max top-1 (mean +- sd) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in summary["rows"].values():
         steps = ", ".join(paper_steps_text(s["steps_to_target"]) for s in row["per_seed"].values())
@@ -145,7 +158,8 @@ def markdown(summary: dict) -> str:
         delta = _points(row.get("delta_mean"), row.get("delta_low"), row.get("delta_high"))
         lines.append(
             f"| {row['name']} | {row['base'] or '(base)'} | {_change_text(row['change']) or '-'} "
-            f"| {seeds} | {steps or '-'} | {final} | {delta if row['base'] else '-'} | {top} |"
+            f"| {seeds} | {steps or '-'} | {final} | {delta if row['base'] else '-'} "
+            f"| {verdict(row)} | {top} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -174,6 +174,36 @@ def _ratios(networks: dict) -> dict:
     }
 
 
+def verdicts(summary: dict) -> list[str]:
+    """Section 3.3's claim, judged seed by seed for the first two networks (the paper's order:
+    Inception, then BN-Baseline): it holds where every seed of the second is stable (trains) up
+    to a larger LR than any seed of the first, fails where no seed of the second goes beyond
+    every seed of the first, and is not settled where the seeds overlap. A seed stable at no LR
+    of its grid counts as 0."""
+    names = list(summary["networks"])
+    if len(names) < 2:
+        return []
+    a, b = (summary["networks"][n] for n in names[:2])
+    lines = []
+    for key, words in (("largest_stable_lr", "largest stable LR (no divergence)"),
+                       ("largest_training_lr", "largest LR that trains above chance")):  # fmt: skip
+        la = [v or 0.0 for v in a[key]["per_seed"].values()]
+        lb = [v or 0.0 for v in b[key]["per_seed"].values()]
+        if min(lb) > max(la):
+            verdict = f"holds: every {b['name']} seed above every {a['name']} seed"
+        elif max(lb) <= min(la):
+            verdict = f"fails: no {b['name']} seed above every {a['name']} seed"
+        else:
+            verdict = "not settled: the seeds overlap"
+        bound = " (at least: the grid's top)" if b[key]["censored"] else ""
+        lines.append(
+            f"**{words}, {b['name']} against {a['name']}: {verdict}** ({b['name']} "
+            f"{_lr_text(min(lb))} to {_lr_text(max(lb))}{bound}, {a['name']} {_lr_text(min(la))} "
+            f"to {_lr_text(max(la))}, over {len(lb)} and {len(la)} seeds)"
+        )
+    return lines
+
+
 def _lr_text(lr: float | None) -> str:
     return "none" if lr is None else f"{lr:g}"
 
@@ -207,6 +237,7 @@ def markdown(summary: dict) -> str:
                          f"{_lr_text(lr['max'])}{at_least} ({per_seed}){geo}")  # fmt: skip
     for pair, ratio in summary["ratios"].items():
         lines.append(f"- largest stable LR, {pair}: {ratio:.3g}x (geometric means over seeds)")
+    lines += ["", *verdicts(summary)]
     if summary["runs_without_evaluation"]:
         lines.append(f"- left out, no evaluation and no divergence (failed?): "
                      f"{', '.join(summary['runs_without_evaluation'])}")  # fmt: skip

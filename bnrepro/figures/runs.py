@@ -224,14 +224,15 @@ def figure3_table(
     """Figure 3 per group: paper steps to reach `reference`'s best accuracy, and max accuracy.
 
     steps_to_target and max_top1 are taken from the seed-mean curve (the target is the best of
-    `reference`'s seed-mean curve; `reference` is a group); per_seed holds each seed's own steps,
+    `reference`'s seed-mean curve; `reference` is a group), and `curve` is that seed-mean curve
+    (Figure 2's, to check what is said about it); per_seed holds each seed's own steps,
     max and final accuracy; *_mean, *_sd, *_low, *_high their mean, standard deviation and 95%
     t interval over seeds (stats.over_seeds). With one seed, final_top1's interval is the Wilson
     interval of its last evaluation where the run logged its image count (final_top1_interval
     says which). The paper's numbers sit beside a group only when it is its experiment's one
-    configuration among the runs read (no difference in its name). `diverged` (diverged_runs): runs left out of `curves`; a group whose
-    every seed diverged has a row with None for its numbers, and every row lists its diverged
-    seeds.
+    configuration among the runs read (no difference in its name). `diverged` (diverged_runs):
+    runs left out of `curves`; a group whose every seed diverged has a row with None for its
+    numbers, and every row lists its diverged seeds.
     """
     diverged = diverged_runs(pd.DataFrame()) if diverged is None else diverged
     curves = curves[~curves["run"].isin(set(diverged["run"]))]
@@ -278,6 +279,11 @@ def _seed_summary(runs: pd.DataFrame, mean_curve: pd.DataFrame, target: float) -
     row = {
         "steps_to_target": steps_to(mean_curve, target),
         "max_top1": float(mean_curve["val/top1"].max()),
+        # Figure 2's curve, so that what a README says about it can be checked against numbers.
+        "curve": {
+            "paper_steps": mean_curve["paper_steps"].astype(float).tolist(),
+            "mean_top1": mean_curve["val/top1"].astype(float).tolist(),
+        },  # fmt: skip
         "seeds": len(per_seed),
         **spread([s["max_top1"] for s in per_seed.values()], "max_top1"),
         **spread([s["final_top1"] for s in per_seed.values()], "final_top1"),

@@ -65,11 +65,16 @@ class CovariateShift:
         return cls(lines)
 
     def summary(self) -> dict:
+        """Per configuration and nonlinearity: the seed-mean percentiles at every recording,
+        their first, last, lowest and highest values, and the drift: how far the percentiles
+        move over training, as a fraction of the 15-85 spread (per seed, and of the means)."""
         out = {}
         for (group, layer), at in self.lines.groupby(["group", "layer"]):
             mean = at.groupby("paper_steps")[list(PERCENTILES)].mean()
             entry = {"label": at["label"].iloc[0], "seeds": int(at["seed"].nunique()),
-                     "paper_steps": mean.index.tolist()}  # fmt: skip
+                     "paper_steps": mean.index.tolist(), "drift": drift(mean),
+                     "drift_per_seed": {int(s): drift(r.set_index("paper_steps"))
+                                        for s, r in at.groupby("seed")}}  # fmt: skip
             for p in PERCENTILES:
                 values = mean[p].tolist()
                 entry[p] = values
@@ -82,7 +87,7 @@ class CovariateShift:
         summary = self.summary()
         (out / "covariate_shift.json").write_text(json.dumps(summary, indent=2) + "\n")
         self.plot(out / "covariate_shift")
-        lines = []
+        lines = verdicts(summary)
         for layers in summary["groups"].values():
             for layer, e in layers.items():
                 lines.append(
@@ -94,6 +99,7 @@ class CovariateShift:
         return "\n".join(lines)
 
     def plot(self, stem: Path) -> list[Path]:
+        """One column per configuration, one row per nonlinearity, as bnrepro-fig1 draws (b, c)."""
         import matplotlib.pyplot as plt
 
         groups = ordered(self.lines["group"].unique())
@@ -115,3 +121,43 @@ class CovariateShift:
         fig.suptitle("Internal covariate shift (the paper's Figure 1(b, c), here in BN-Inception)",
                      fontsize=10)  # fmt: skip
         return save(fig, stem)
+
+
+def drift(percentiles: pd.DataFrame) -> float:
+    """How far the distribution moves over training: the largest range (highest minus lowest
+    over the recordings) of the 15th, 50th or 85th percentile, over the mean 15-85 spread.
+    0 for a distribution that never moves; the paper's Figure 1(b) (no BN) moves, (c) (BN)
+    hardly does."""
+    ranges = max(float(percentiles[p].max() - percentiles[p].min()) for p in PERCENTILES)
+    spread = float((percentiles["p85"] - percentiles["p15"]).mean())
+    return ranges / spread if spread > 0 else float("inf")
+
+
+def verdicts(summary: dict) -> list[str]:
+    """Figure 1's claim in BN-Inception, judged seed by seed for the first two configurations
+    (the paper's order: Inception, then BN-Baseline) on each nonlinearity they share: it holds
+    where every seed of the first drifts more than every seed of the second, fails where none
+    does, and is not settled where the seeds overlap."""
+    groups = list(summary["groups"].values())
+    if len(groups) < 2:
+        return []
+    a, b = groups[:2]
+    lines = []
+    for layer in sorted(set(a) & set(b)):
+        da, db = (
+            list(a[layer]["drift_per_seed"].values()),
+            list(b[layer]["drift_per_seed"].values()),
+        )
+        name_a, name_b = a[layer]["label"], b[layer]["label"]
+        if min(da) > max(db):
+            verdict = f"holds: every {name_a} seed drifts more than every {name_b} seed"
+        elif max(da) <= min(db):
+            verdict = f"fails: no {name_a} seed drifts more than every {name_b} seed"
+        else:
+            verdict = "not settled: the seeds overlap"
+        lines.append(
+            f"**{layer}, drift over the 15-85 spread, {name_a} against {name_b}: {verdict}** "
+            f"({name_a} {min(da):.2f} to {max(da):.2f}, {name_b} {min(db):.2f} to {max(db):.2f}, "
+            f"over {len(da)} and {len(db)} seeds)"
+        )
+    return lines
