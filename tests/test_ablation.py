@@ -4,17 +4,16 @@
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
-from test_report import fake_bin, fake_run_folder
+from test_report import fake_bin, fake_run_folder, real_bin_but
 
 from bnrepro.checkpoint import defining_keys
 from bnrepro.config import CONFIG_DIR, compose
 from bnrepro.figures import report
-from bnrepro.figures.ablation import Ablation, verdict
+from bnrepro.figures.ablation import Ablation, row_verdict
 from bnrepro.stats import over_seeds
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,12 +146,7 @@ def test_ablation_script_with_real_runs(tiny_data_root, tmp_path):
     broken one would): the others go on and the report compares each with BN-Baseline."""
     from conftest import TINY_TRAIN
 
-    real = Path(sys.executable).parent
-    bin_dir = fake_bin(
-        tmp_path / "bin",
-        train='case " $* " in *"bn_baseline_plus_no_lrn "*) exit 1 ;; esac\n'
-        f'exec {real / "bnrepro-train"} "$@"',
-    )
+    bin_dir = real_bin_but(tmp_path / "bin", '*"bn_baseline_plus_no_lrn "*', 1)
     overrides = [o for o in TINY_TRAIN if not o.startswith("trainer.")]
     out = run_ablation_script(tmp_path, bin_dir, *overrides, f"data.root={tiny_data_root}",
                               DIRECTIONS="plus", SEEDS="0",
@@ -167,8 +161,8 @@ def test_ablation_script_with_real_runs(tiny_data_root, tmp_path):
 
 def test_the_verdict_follows_the_interval():
     row = {"base": "b", "delta_mean": 0.01, "delta_low": -0.02, "delta_high": 0.04}
-    assert verdict(row) == "no difference detected"
-    assert verdict(row | {"delta_low": 0.001}) == "higher than its base"
-    assert verdict(row | {"delta_high": -0.001}) == "lower than its base"
-    assert verdict(row | {"delta_low": None}) == "no interval (one seed)"
-    assert verdict({"base": None}) == "-"
+    assert row_verdict(row) == "no difference detected"
+    assert row_verdict(row | {"delta_low": 0.001}) == "higher than its base"
+    assert row_verdict(row | {"delta_high": -0.001}) == "lower than its base"
+    assert row_verdict(row | {"delta_low": None}) == "no interval (one seed)"
+    assert row_verdict({"base": None}) == "-"

@@ -120,9 +120,9 @@ def test_covariate_shift_draws_each_configuration_from_the_monitor(tmp_path):
     # the largest percentile range over the mean 15-85 spread (2): seed by seed
     assert inception["drift_per_seed"] == {"0": 1.0, "1": 2.0}
     assert bn["drift_per_seed"] == {"0": pytest.approx(0.05)}
-    from bnrepro.figures.shift import verdicts
+    from bnrepro.figures.shift import shift_verdicts
 
-    (line,) = verdicts(summary)
+    (line,) = shift_verdicts(summary)
     assert (
         "holds: every Inception seed drifts more than every BN-Baseline (optim.lr=0.0015)" in line
     )

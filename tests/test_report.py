@@ -187,6 +187,14 @@ def fake_bin(folder: Path, train: str = "", report: str = "") -> Path:
     return folder
 
 
+def real_bin_but(folder: Path, pattern: str, status: int) -> Path:
+    """fake_bin whose bnrepro-train is the real one, except for the runs whose arguments match
+    the bash case `pattern`: those end at once with `status` (as a diverged or broken run)."""
+    real = Path(sys.executable).parent / "bnrepro-train"
+    train = f'case " $* " in {pattern}) echo failed >&2; exit {status} ;; esac\nexec {real} "$@"'
+    return fake_bin(folder, train=train)
+
+
 def run_proxy(tmp_path: Path, bin_dir: Path, *overrides: str, **env) -> subprocess.CompletedProcess:
     env = dict(os.environ, OUT=str(tmp_path / "proxy"), RESULTS=str(tmp_path / "results"),
                BIN=str(bin_dir), **env)  # fmt: skip
@@ -222,12 +230,7 @@ def test_proxy_script_runs_every_seed_unattended(tiny_data_root, tmp_path):
     diverged one would) is reported without stopping the others; the report has seed spreads."""
     from conftest import TINY_TRAIN
 
-    real = Path(sys.executable).parent
-    bin_dir = fake_bin(
-        tmp_path / "bin",
-        train='case " $* " in *" experiment=bn_x5 seed=1 "*) echo diverged >&2; exit 3 ;; esac\n'
-        f'exec {real / "bnrepro-train"} "$@"',
-    )
+    bin_dir = real_bin_but(tmp_path / "bin", '*" experiment=bn_x5 seed=1 "*', 3)
     overrides = [o for o in TINY_TRAIN if not o.startswith("trainer.")]
     out = run_proxy(tmp_path, bin_dir, *overrides, f"data.root={tiny_data_root}", SEEDS="0,1",
                     EXPERIMENTS="inception bn_x5 bn_x30", MAX_IMAGES="64", EVAL_EVERY="32")  # fmt: skip

@@ -322,10 +322,10 @@ def test_proxy_decay_sentences_are_the_schedules():
 # folder -> (its JSON, the run record, what the README must hold of the JSON: the report's own
 # rendering, so that every comparing sentence there is the code's reading of the numbers)
 CLAIM_EXPERIMENTS = {
-    "lr_stability": ("lr_stability.json", "lr_stability_run.json", lr_stability.markdown),
+    "lr_stability": ("lr_stability.json", "lr_stability_run.json", lr_stability.lr_stability_markdown),
     "covariate_shift": ("covariate_shift.json", "lr_stability_run.json",
-                        lambda data: "\n".join(shift.verdicts(data))),
-    "ablation_421": ("ablation.json", "ablation_run.json", ablation.markdown),
+                        lambda data: "\n".join(shift.shift_verdicts(data))),
+    "ablation_421": ("ablation.json", "ablation_run.json", ablation.ablation_markdown),
 }  # fmt: skip
 
 

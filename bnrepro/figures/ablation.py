@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bnrepro.figures.plotting import save
+from bnrepro.figures.plotting import save_figure
 from bnrepro.figures.runs import ReportError, group_settings, ordered, resolve_reference, value_text
 from bnrepro.figures.tables import interval, paper_steps_text, percent
 from bnrepro.stats import over_seeds
@@ -93,9 +93,9 @@ class Ablation:
     def write(self, out: Path, table: dict) -> str:
         summary = self.summary(table)
         (out / "ablation.json").write_text(json.dumps(summary, indent=2) + "\n")
-        text = markdown(summary)
+        text = ablation_markdown(summary)
         (out / "ablation.md").write_text(text)
-        plot(summary, out / "ablation")
+        plot_ablation(summary, out / "ablation")
         return text
 
 
@@ -110,7 +110,7 @@ def _paired(base: dict, other: dict) -> dict:
     return {"delta_final_top1": deltas, "delta_mean": s.mean, "delta_low": low, "delta_high": high}
 
 
-def verdict(row: dict) -> str:
+def row_verdict(row: dict) -> str:
     """A configuration against its base by the 95% t interval of the seed-paired difference."""
     if row.get("base") is None:
         return "-"
@@ -135,7 +135,7 @@ def _points(x: float | None, low: float | None, high: float | None) -> str:
     return text + (f" [{100 * low:+.1f}, {100 * high:+.1f}]" if low is not None else "")
 
 
-def markdown(summary: dict) -> str:
+def ablation_markdown(summary: dict) -> str:
     lines = [
         f"Target: {percent(summary['target_top1'])}, the best seed-mean val top-1 of "
         f"`{summary['reference']}`. Intervals: 95%, Student t over seeds; a difference is the "
@@ -159,12 +159,12 @@ def markdown(summary: dict) -> str:
         lines.append(
             f"| {row['name']} | {row['base'] or '(base)'} | {_change_text(row['change']) or '-'} "
             f"| {seeds} | {steps or '-'} | {final} | {delta if row['base'] else '-'} "
-            f"| {verdict(row)} | {top} |"
+            f"| {row_verdict(row)} | {top} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def plot(summary: dict, stem: Path) -> list[Path]:
+def plot_ablation(summary: dict, stem: Path) -> list[Path]:
     """Each configuration's final top-1 minus its base's (percentage points, 95% t interval),
     one panel per base."""
     import matplotlib.pyplot as plt
@@ -190,4 +190,4 @@ def plot(summary: dict, stem: Path) -> list[Path]:
         ax.grid(alpha=0.3, axis="x")
     fig.suptitle("Section 4.2.1's changes one at a time: mean and 95% t interval over seeds",
                  fontsize=10)  # fmt: skip
-    return save(fig, stem)
+    return save_figure(fig, stem)

@@ -25,8 +25,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from bnrepro.figures.plotting import chance_lines, save
-from bnrepro.figures.runs import ReportError, chance_levels, group_settings, ordered, setting
+from bnrepro.figures.plotting import chance_lines, save_figure
+from bnrepro.figures.runs import (
+    ReportError,
+    chance_levels,
+    group_settings,
+    ordered,
+    seed_verdict,
+    setting,
+)
 from bnrepro.figures.tables import display_name, interval, percent
 from bnrepro.stats import over_seeds, wilson
 
@@ -156,9 +163,9 @@ class LRStability:
     def write(self, out: Path, table: dict | None = None) -> str:
         summary = self.summary()
         (out / "lr_stability.json").write_text(json.dumps(summary, indent=2) + "\n")
-        text = markdown(summary)
+        text = lr_stability_markdown(summary)
         (out / "lr_stability.md").write_text(text)
-        plot(self.outcomes, summary, out / "lr_stability")
+        plot_lr_stability(self.outcomes, summary, out / "lr_stability")
         return text
 
 
@@ -174,7 +181,7 @@ def _ratios(networks: dict) -> dict:
     }
 
 
-def verdicts(summary: dict) -> list[str]:
+def lr_verdicts(summary: dict) -> list[str]:
     """Section 3.3's claim, judged seed by seed for the first two networks (the paper's order:
     Inception, then BN-Baseline): it holds where every seed of the second is stable (trains) up
     to a larger LR than any seed of the first, fails where no seed of the second goes beyond
@@ -189,12 +196,8 @@ def verdicts(summary: dict) -> list[str]:
                        ("largest_training_lr", "largest LR that trains above chance")):  # fmt: skip
         la = [v or 0.0 for v in a[key]["per_seed"].values()]
         lb = [v or 0.0 for v in b[key]["per_seed"].values()]
-        if min(lb) > max(la):
-            verdict = f"holds: every {b['name']} seed above every {a['name']} seed"
-        elif max(lb) <= min(la):
-            verdict = f"fails: no {b['name']} seed above every {a['name']} seed"
-        else:
-            verdict = "not settled: the seeds overlap"
+        verdict = seed_verdict(lb, la, f"every {b['name']} seed above every {a['name']} seed",
+                               f"no {b['name']} seed above every {a['name']} seed")  # fmt: skip
         bound = " (at least: the grid's top)" if b[key]["censored"] else ""
         lines.append(
             f"**{words}, {b['name']} against {a['name']}: {verdict}** ({b['name']} "
@@ -208,7 +211,7 @@ def _lr_text(lr: float | None) -> str:
     return "none" if lr is None else f"{lr:g}"
 
 
-def markdown(summary: dict) -> str:
+def lr_stability_markdown(summary: dict) -> str:
     """The LR-stability table and each network's largest stable LR."""
     lines = [
         "| network | optim.lr | seeds | diverged (at paper step) | not above chance | final top-1 [95% t interval over seeds] |",
@@ -237,14 +240,14 @@ def markdown(summary: dict) -> str:
                          f"{_lr_text(lr['max'])}{at_least} ({per_seed}){geo}")  # fmt: skip
     for pair, ratio in summary["ratios"].items():
         lines.append(f"- largest stable LR, {pair}: {ratio:.3g}x (geometric means over seeds)")
-    lines += ["", *verdicts(summary)]
+    lines += ["", *lr_verdicts(summary)]
     if summary["runs_without_evaluation"]:
         lines.append(f"- left out, no evaluation and no divergence (failed?): "
                      f"{', '.join(summary['runs_without_evaluation'])}")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
-def plot(outcomes: pd.DataFrame, summary: dict, stem: Path) -> list[Path]:
+def plot_lr_stability(outcomes: pd.DataFrame, summary: dict, stem: Path) -> list[Path]:
     """Final top-1 against LR (log scale), one colour per network: each seed a dot, the seed
     mean a line with its t interval; diverged runs as crosses in a strip below 0, and a dashed
     line at each network's geometric-mean largest stable LR."""
@@ -286,4 +289,4 @@ def plot(outcomes: pd.DataFrame, summary: dict, stem: Path) -> list[Path]:
     ax.set_title("Largest stable learning rate (dashed: geometric mean over seeds)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    return save(fig, stem)
+    return save_figure(fig, stem)

@@ -20,7 +20,7 @@ from bnrepro.stats import over_seeds  # noqa: E402
 FORMATS = ("png", "pdf", "svg")  # a raster to look at, vectors for a paper or a slide
 
 
-def save(fig: plt.Figure, stem: Path) -> list[Path]:
+def save_figure(fig: plt.Figure, stem: Path) -> list[Path]:
     """Write `stem`.png, .pdf and .svg; close the figure; return the files."""
     stem.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()

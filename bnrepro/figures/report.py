@@ -30,7 +30,7 @@ import pandas as pd
 import yaml
 
 from bnrepro.figures import ablation, lr_stability, shift
-from bnrepro.figures.plotting import chance_lines, percent_axis, save, seed_curve
+from bnrepro.figures.plotting import chance_lines, percent_axis, save_figure, seed_curve
 from bnrepro.figures.runs import (
     CURVE_COLUMNS,
     ReportError,
@@ -59,7 +59,7 @@ def plot_figure2(
     curves: pd.DataFrame, stem: Path, title: str = "", chance: list[float] = ()
 ) -> list[Path]:
     """figure2() written as `stem`.png, .pdf and .svg."""
-    return save(figure2(curves, title, chance), stem)
+    return save_figure(figure2(curves, title, chance), stem)
 
 
 def figure2(curves: pd.DataFrame, title: str = "", chance: list[float] = ()):

@@ -301,6 +301,17 @@ def _seed_summary(runs: pd.DataFrame, mean_curve: pd.DataFrame, target: float) -
     return row | {"per_seed": per_seed}
 
 
+def seed_verdict(above: list[float], below: list[float], holds: str, fails: str) -> str:
+    """The claim "`above` exceeds `below`", judged seed by seed: "holds: `holds`" where every
+    seed of `above` exceeds every seed of `below`, "fails: `fails`" where no seed of `above`
+    exceeds every seed of `below`, else "not settled: the seeds overlap"."""
+    if min(above) > max(below):
+        return f"holds: {holds}"
+    if max(above) <= min(below):
+        return f"fails: {fails}"
+    return "not settled: the seeds overlap"
+
+
 def spread(values: list[float], key: str) -> dict:
     """`key`_mean, _sd, _low, _high: the mean over seeds, its sd and 95% t interval."""
     s = over_seeds(values)

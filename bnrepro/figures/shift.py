@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bnrepro.figures.plotting import save, seed_curve
-from bnrepro.figures.runs import ReportError, diverged_runs, ordered
+from bnrepro.figures.plotting import save_figure, seed_curve
+from bnrepro.figures.runs import ReportError, diverged_runs, ordered, seed_verdict
 
 PERCENTILES = ("p15", "p50", "p85")  # Figure 1(b, c)
 STYLES = {"p15": ":", "p50": "-", "p85": "--"}  # as bnrepro-fig1 draws them
@@ -87,7 +87,7 @@ class CovariateShift:
         summary = self.summary()
         (out / "covariate_shift.json").write_text(json.dumps(summary, indent=2) + "\n")
         self.plot(out / "covariate_shift")
-        lines = verdicts(summary)
+        lines = shift_verdicts(summary)
         for layers in summary["groups"].values():
             for layer, e in layers.items():
                 lines.append(
@@ -120,7 +120,7 @@ class CovariateShift:
                 ax.legend(fontsize=7, title="percentile", title_fontsize=7)
         fig.suptitle("Internal covariate shift (the paper's Figure 1(b, c), here in BN-Inception)",
                      fontsize=10)  # fmt: skip
-        return save(fig, stem)
+        return save_figure(fig, stem)
 
 
 def drift(percentiles: pd.DataFrame) -> float:
@@ -133,7 +133,7 @@ def drift(percentiles: pd.DataFrame) -> float:
     return ranges / spread if spread > 0 else float("inf")
 
 
-def verdicts(summary: dict) -> list[str]:
+def shift_verdicts(summary: dict) -> list[str]:
     """Figure 1's claim in BN-Inception, judged seed by seed for the first two configurations
     (the paper's order: Inception, then BN-Baseline) on each nonlinearity they share: it holds
     where every seed of the first drifts more than every seed of the second, fails where none
@@ -149,12 +149,8 @@ def verdicts(summary: dict) -> list[str]:
             list(b[layer]["drift_per_seed"].values()),
         )
         name_a, name_b = a[layer]["label"], b[layer]["label"]
-        if min(da) > max(db):
-            verdict = f"holds: every {name_a} seed drifts more than every {name_b} seed"
-        elif max(da) <= min(db):
-            verdict = f"fails: no {name_a} seed drifts more than every {name_b} seed"
-        else:
-            verdict = "not settled: the seeds overlap"
+        verdict = seed_verdict(da, db, f"every {name_a} seed drifts more than every {name_b} seed",
+                               f"no {name_a} seed drifts more than every {name_b} seed")  # fmt: skip
         lines.append(
             f"**{layer}, drift over the 15-85 spread, {name_a} against {name_b}: {verdict}** "
             f"({name_a} {min(da):.2f} to {max(da):.2f}, {name_b} {min(db):.2f} to {max(db):.2f}, "
