@@ -343,6 +343,18 @@ def test_two_lrs_of_one_experiment_are_two_curves(tmp_path, drawn):
     assert list(table["rows"]) == ["bn_x30 (optim.lr=0.01)", "bn_x30 (optim.lr=0.1)"]
     # Which of a sweep's configurations is the paper's BN-x30 is not for the report to guess.
     assert all(row["paper_max_top1"] is None for row in table["rows"].values())
+    # each row keeps its curve, so a sentence about Figure 2 can be checked against numbers
+    assert table["rows"]["bn_x30 (optim.lr=0.1)"]["curve"] == {
+        "paper_steps": [1.0, 2.0],
+        "mean_top1": [0.3, 0.6],
+    }
+    with pytest.raises(report.ReportError, match="bn_x30 has 2 configurations here: name one"):
+        report.main([str(tmp_path), "--out", str(tmp_path / "rep2"), "--reference", "bn_x30"])
+    assert not (tmp_path / "rep2").exists()  # refused before the first write
+    report.main([str(tmp_path), "--out", str(tmp_path / "rep2"), "--reference",
+                 "bn_x30 (optim.lr=0.1)"])  # fmt: skip
+    target = json.loads((tmp_path / "rep2" / "figure3.json").read_text())["target_top1"]
+    assert target == 0.6
 
 
 def test_two_seeds_of_one_config_are_one_curve_with_a_band(tmp_path, drawn):

@@ -131,25 +131,25 @@ def build_report(
 ) -> dict:
     """Write figure2.png/.pdf/.svg, figure3.md/.json (and figure4.md) under `out`; return the
     Figure 3 table. `reference`: the group (or an experiment with one group) whose best
-    accuracy is the target; by default Inception's, else the first group in the paper's order."""
-    out.mkdir(parents=True, exist_ok=True)
+    accuracy is the target; by default Inception's, else the first group in the paper's order.
+    Everything is read and checked before the first file is written."""
     diverged = diverged_runs(df)
     finite = df[~df["run"].isin(set(diverged["run"]))]
     if len(finite) or not len(diverged):
         curves = val_curves(finite)
     else:  # every run diverged: a table of "diverged" rows, an empty Figure 2
         curves = pd.DataFrame(columns=CURVE_COLUMNS)
-    chance = chance_levels(df) if "settings" in df else []
-    plot_figure2(curves, out / "figure2", title, chance)
     groups = ordered(curves["group"].unique())
     if reference is None:
         reference = "inception" if "inception" in groups or not groups else groups[0]
     elif groups:
         reference = resolve_reference(reference, groups)
     table = figure3_table(curves, reference, diverged)
+    rows, selected_on_val = _ensemble_rows(list(ensemble))
+    out.mkdir(parents=True, exist_ok=True)
+    plot_figure2(curves, out / "figure2", title, chance_levels(df) if "settings" in df else [])
     (out / "figure3.json").write_text(json.dumps(table, indent=2))
     (out / "figure3.md").write_text(figure3_markdown(table))
-    rows, selected_on_val = _ensemble_rows(list(ensemble))
     if rows:
         note = "\n" + "\n".join(SELECTED_ON_VAL) if selected_on_val else ""
         (out / "figure4.md").write_text(figure4_markdown(rows) + note)
