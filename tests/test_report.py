@@ -420,3 +420,17 @@ def test_where_keeps_the_runs_of_one_value(tmp_path):
         report.select(report.load_runs([tmp_path]), ["optim.momentum=0.9"])
     with pytest.raises(report.ReportError, match="write KEY=VALUE"):
         report.select(report.load_runs([tmp_path]), ["optim.lr"])
+
+
+def test_a_key_that_some_runs_lack(tmp_path):
+    """A key a newer bnrepro added (one value among the runs that have it) does not split a
+    group; a key whose values differ does, a run without it being "?"."""
+    fake_run_folder(tmp_path / "a", "bn_x30", 0, [0.2], optim__lr=0.045, model__head_bn=False)
+    fake_run_folder(tmp_path / "a", "bn_x30", 1, [0.3], optim__lr=0.045)
+    assert set(report.load_runs([tmp_path / "a"])["group"]) == {"bn_x30"}
+    fake_run_folder(tmp_path / "a", "bn_x30", 2, [0.4], optim__lr=0.045, model__head_bn=True)
+    assert set(report.load_runs([tmp_path / "a"])["group"]) == {
+        "bn_x30 (model.head_bn=false)",
+        "bn_x30 (model.head_bn=?)",
+        "bn_x30 (model.head_bn=true)",
+    }

@@ -121,9 +121,10 @@ def value_text(value: object) -> str:
 def _with_groups(runs: list[tuple[str, dict, pd.DataFrame]]) -> pd.DataFrame:
     """Concatenate the runs' metrics with their experiment, seed and configuration group.
 
-    Within an experiment, the keys every run has are compared (a key one bnrepro version adds
-    must not split a group, as in checkpoint.config_diff); those whose values differ name the
-    groups. `settings` keeps each run's defining keys (JSON) for the modes that compare groups."""
+    Within an experiment, a key whose values differ among the runs that have it names the
+    groups ("?" for a run without it); a key some runs lack but all others agree on does not
+    (a key that a newer bnrepro added must not split a group, as in checkpoint.config_diff).
+    `settings` keeps each run's defining keys (JSON) for the modes that compare groups."""
     by_experiment: dict[str, list] = {}
     for run, cfg, df in runs:
         experiment = cfg.get("experiment_name") or Path(run).name
@@ -131,10 +132,12 @@ def _with_groups(runs: list[tuple[str, dict, pd.DataFrame]]) -> pd.DataFrame:
     frames, seen = [], {}
     for experiment, members in by_experiment.items():
         settings = [_settings(cfg) for _, cfg, _ in members]
-        common = set.intersection(*(set(s) for s in settings))
-        varying = sorted(k for k in common if len({s[k] for s in settings}) > 1)
+        keys = set().union(*settings)
+        varying = sorted(k for k in keys if len({s[k] for s in settings if k in s}) > 1)
         for (run, cfg, df), s in zip(members, settings, strict=True):
-            diff = ", ".join(f"{k}={value_text(json.loads(s[k]))}" for k in varying)
+            diff = ", ".join(
+                f"{k}={value_text(json.loads(s[k])) if k in s else '?'}" for k in varying
+            )
             group = f"{experiment} ({diff})" if diff else experiment
             seed = int(cfg.get("seed", 0))
             if (group, seed) in seen:
