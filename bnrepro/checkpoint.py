@@ -482,12 +482,18 @@ def config_diff(saved: dict, current: dict) -> list[str]:
     Only keys both configs have are compared: a key that a newer bnrepro added (or removed) must
     not stop a preempted run from resuming after an upgrade.
     """
-    a, b = _flatten(saved), _flatten(current)
-    return sorted(
-        k
-        for k in set(a) & set(b)
-        if a[k] != b[k] and (k.startswith(_MUST_MATCH) or not k.startswith(_MAY_CHANGE))
-    )
+    a, b = defining_keys(saved), defining_keys(current)
+    return sorted(k for k in set(a) & set(b) if a[k] != b[k])
+
+
+def defining_keys(config: dict) -> dict:
+    """The dotted keys of a resolved config that define the run, with their values: what
+    config_diff compares, and what bnrepro-report groups runs by (not paths, cadence, logging)."""
+    return {
+        k: v
+        for k, v in _flatten(config).items()
+        if k.startswith(_MUST_MATCH) or not k.startswith(_MAY_CHANGE)
+    }
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
