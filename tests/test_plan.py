@@ -130,8 +130,9 @@ def test_single_plan_prints_everything(capsys):
 
 @pytest.mark.parametrize(
     "args, message",
-    [(["plan.gpu=2"], "plan.gpu is not a config key"), (["experiment=nope"], "experiment/nope"),
-     (["--bogus"], "--bogus"), (["plan.gpus=0"], "plan.gpus takes an integer >= 1")],
+    [(["plan.gpu=2"], "plan.gpu is not a config key"),
+     (["experiment=nope"], "experiment=nope is not an option"), (["--bogus"], "--bogus"),
+     (["plan.gpus=0"], "plan.gpus takes one of auto or an integer >= 1")],
 )  # fmt: skip
 def test_bad_input_is_one_line(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
