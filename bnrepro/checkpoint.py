@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from bnrepro.errors import UserError, first_names
 from bnrepro.provenance import git_sha, version
+from bnrepro.sweeps import suggested_run_name
 
 if TYPE_CHECKING:
     import torch
@@ -540,8 +541,9 @@ class Checkpointer:
             if diff:
                 raise CheckpointError(
                     f"run folder {self.folder.path} holds a run with another config (differs "
-                    f"in: {', '.join(diff)}). Use another out_dir or seed for a new run, or "
-                    f"trainer.resume={path} to continue that checkpoint with this config."
+                    f"in: {', '.join(diff)}). For a new run give it its own folder: "
+                    f"run_name={suggested_run_name(config, diff)} (or another out_dir or seed); "
+                    f"to continue that checkpoint with this config: trainer.resume={path}"
                 )
         else:
             return None

@@ -1,6 +1,7 @@
 """bnrepro-plan: what a training run will do, before it costs anything.
 
     bnrepro-plan experiment=bn_x30 data=imagenet                       # 8 GPUs on one node
+    bnrepro-plan experiment=bn_x30                                     # small data: this machine
     bnrepro-plan experiment=inception data=imagenet plan.gpus=8 plan.nodes=4
     bnrepro-plan experiment=bn_x5 data=imagenet plan.images_per_s=2500 # a measured throughput
     bnrepro-plan -m experiment=inception,bn_baseline,bn_x5,bn_x30,bn_x5_sigmoid data=imagenet
@@ -215,10 +216,20 @@ def rounded(x: float, digits: int = COST_DIGITS) -> str:
     return f"{value:,.{max(places, 0)}f}"
 
 
+def gpus_per_node(cfg: DictConfig) -> int:
+    """plan.gpus; `auto`: a node of 8 GPUs for ImageNet, else this machine (its GPUs, or one CPU
+    process): small data is planned where it will run."""
+    if cfg.plan.gpus != "auto":
+        return cfg.plan.gpus
+    if cfg.data.name == "imagenet":
+        return 8
+    return max(1, torch.cuda.device_count() if cfg.runtime.device != "cpu" else 0)
+
+
 def make_plan(cfg: DictConfig) -> Plan:
     """The plan of the run `cfg` (configs/plan.yaml, composed: bnrepro-train's config + plan.*)."""
     settings = cfg.plan
-    processes = settings.gpus * settings.nodes
+    processes = gpus_per_node(cfg) * settings.nodes
     batch = global_batch(cfg.data.batch_size, processes, cfg.trainer.grad_accum)
     train_size, val_size = data_sizes(cfg.data)
     t = cfg.trainer
@@ -281,7 +292,7 @@ def describe(plan: Plan, settings: DictConfig) -> str:
     wall = plan.gpu_hours / plan.processes
     lines = [
         f"{plan.experiment} on {plan.data}: {plan.processes} process{'es' * (plan.processes > 1)} "
-        f"({settings.gpus} per node x {settings.nodes} nodes)",
+        f"({plan.processes // settings.nodes} per node x {settings.nodes} nodes)",
         f"  global batch     {plan.global_batch} (data.batch_size x processes x trainer.grad_accum)",
         f"  effective LR     {plan.effective_lr:.4g} (optim.lr x {plan.global_batch}/{PAPER_BATCH});"
         f" peak {plan.peak_lr:.4g}, final {plan.curve[-1][1]:.4g}",

@@ -303,6 +303,7 @@ def finish(s: Session, *, preempted: bool, requeue: bool, diverged: str | None =
         "expect_divergence": s.cfg.trainer.expect_divergence,
     }
     s.tracker.summary(summary)
+    sync = s.tracker.sync_command()
     s.tracker.close()
     distributed.barrier(s.dist)  # every rank leaves together, after rank 0's files are written
     distributed.teardown()
@@ -318,6 +319,8 @@ def finish(s: Session, *, preempted: bool, requeue: bool, diverged: str | None =
         s.console.print(f"{outcome} at {p.images_seen} images ({p.images_seen / PAPER_BATCH:g} "
                         f"paper steps). Run folder {f.path}: metrics {f.metrics}, checkpoints "
                         f"{f.checkpoints}, summary {f.summary}, log {f.log}")  # fmt: skip
+    if sync:
+        s.console.print(f"W&B logged offline; upload every start of this run with: {sync}")
     s.console.close()
     return summary
 

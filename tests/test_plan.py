@@ -67,6 +67,22 @@ def test_plan_of_inception_covers_figure3():
     assert p.gflops_per_image == pytest.approx(4.07, rel=0.01)  # results/README.md's figure
 
 
+def test_small_data_is_planned_for_this_machine(monkeypatch):
+    """Issue 24: `bnrepro-plan experiment=bn_x30` on the synthetic data planned 8 GPUs. plan.gpus
+    is `auto`: ImageNet gets a node of 8, smaller data this machine (its GPUs, else one CPU
+    process); a given plan.gpus wins."""
+    import torch
+
+    for gpus in (0, 2):
+        monkeypatch.setattr(torch.cuda, "device_count", lambda gpus=gpus: gpus)
+        for data in (["data=synthetic"], ["data=mnist"]):
+            assert make("bn_x30", *data).processes == max(gpus, 1)
+        assert make("bn_x30", "runtime.device=cpu").processes == 1
+        assert make("bn_x30", *IMAGENET).processes == 8
+        assert make("bn_x30", "plan.gpus=4", "plan.nodes=2").processes == 8
+    assert compose("plan").plan.gpus == "auto"
+
+
 @pytest.mark.parametrize("gpus", [1, 8, 16])
 def test_lr_after_warmup_is_the_papers_lr_times_global_over_32(gpus):
     """BN-x30: 0.045 x global batch / 32, decayed x0.94 per 2 epochs already passed."""
@@ -190,8 +206,9 @@ def test_single_plan_prints_everything(capsys):
 
 @pytest.mark.parametrize(
     "args, message",
-    [(["plan.gpu=2"], "plan.gpu is not a config key"), (["experiment=nope"], "experiment/nope"),
-     (["--bogus"], "--bogus"), (["plan.gpus=0"], "plan.gpus takes an integer >= 1")],
+    [(["plan.gpu=2"], "plan.gpu is not a config key"),
+     (["experiment=nope"], "experiment=nope is not an option"), (["--bogus"], "--bogus"),
+     (["plan.gpus=0"], "plan.gpus takes one of auto or an integer >= 1")],
 )  # fmt: skip
 def test_bad_input_is_one_line(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
