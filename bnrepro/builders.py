@@ -44,11 +44,19 @@ class Data:
 
 
 def build_data(
-    cfg: DictConfig, *, rank: int, world_size: int, identity: datasets.DataIdentity | None = None
+    cfg: DictConfig,
+    *,
+    rank: int,
+    world_size: int,
+    local_rank: int = 0,
+    identity: datasets.DataIdentity | None = None,
 ) -> Data:
-    """cfg.data's datasets and this rank's loaders (the training order seeded by cfg.seed);
-    `identity`: what the run checked at start-up (data.identify), which the data must still be."""
-    train_ds, val_ds, classes = datasets.build_datasets(cfg.data, identity)
+    """cfg.data's datasets and this rank's loaders (the training order seeded by cfg.seed); the
+    file listing made once, on rank 0, and shared (data.build_datasets), or `identity`'s: what
+    the run checked at start-up (data.identify), which the data must still be."""
+    train_ds, val_ds, classes = datasets.build_datasets(
+        cfg.data, identity, rank=rank, local_rank=local_rank, world_size=world_size
+    )
     return Data(
         classes=list(classes),
         train_ds=train_ds,
@@ -64,7 +72,7 @@ def check_same_data(identity: datasets.DataIdentity, d: distributed.Dist) -> Non
     """DataError on every rank when the ranks' data differ (class list, file counts or
     fingerprints): an incomplete node-local copy must neither train nor evaluate with the
     others."""
-    mine = {"classes": list(identity.classes), **identity.record()}
+    mine = {"classes": list(identity.classes), **identity.record(), "sample": identity.sample}
     ranks = distributed.gather(d, mine)
     for rank, other in enumerate(ranks[1:], start=1):
         if other == ranks[0]:
@@ -73,8 +81,10 @@ def check_same_data(identity: datasets.DataIdentity, d: distributed.Dist) -> Non
         if other["classes"] != ranks[0]["classes"]:
             counts = [len(ranks[0]["classes"]), len(other["classes"])]
             how = [f"{counts[0]} classes {words[0]}, {counts[1]} {words[1]}"]
-        else:
-            how = datasets.data_changes(ranks[0], other, words)
+        else:  # ImageNet, listed by rank 0 alone: this rank's look at the same files differs
+            how = datasets.data_changes(ranks[0], other, words) or [
+                "its class folders, or files rank 0 listed, missing or of other sizes there"
+            ]
         raise DataError(
             f"rank {rank} sees other data than rank 0 under data.root ({'; '.join(how)}): every "
             "rank must read the same files; complete that host's copy, or point data.root at "

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from bnrepro.errors import UserError, first_names, one_line
 from bnrepro.provenance import git_sha, version
+from bnrepro.sweeps import suggested_run_name
 
 if TYPE_CHECKING:
     import torch
@@ -734,12 +735,18 @@ def config_diff(saved: dict, current: dict) -> list[str]:
     Only keys both configs have are compared: a key that a newer bnrepro added (or removed) must
     not stop a preempted run from resuming after an upgrade.
     """
-    a, b = _flatten(saved), _flatten(current)
-    return sorted(
-        k
-        for k in set(a) & set(b)
-        if a[k] != b[k] and (k.startswith(_MUST_MATCH) or not k.startswith(_MAY_CHANGE))
-    )
+    a, b = defining_keys(saved), defining_keys(current)
+    return sorted(k for k in set(a) & set(b) if a[k] != b[k])
+
+
+def defining_keys(config: dict) -> dict:
+    """The dotted keys of a resolved config that define the run, with their values: what
+    config_diff compares, and what bnrepro-report groups runs by (not paths, cadence, logging)."""
+    return {
+        k: v
+        for k, v in _flatten(config).items()
+        if k.startswith(_MUST_MATCH) or not k.startswith(_MAY_CHANGE)
+    }
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -809,8 +816,9 @@ class Checkpointer:
             if diff:
                 raise CheckpointError(
                     f"run folder {self.folder.path} holds a run with another config (differs "
-                    f"in: {', '.join(diff)}). Use another out_dir or seed for a new run, or "
-                    f"trainer.resume={path} to continue that checkpoint with this config."
+                    f"in: {', '.join(diff)}). For a new run give it its own folder: "
+                    f"run_name={suggested_run_name(config, diff)} (or another out_dir or seed); "
+                    f"to continue that checkpoint with this config: trainer.resume={path}"
                 )
         else:
             return None

@@ -130,6 +130,7 @@ def run_hydra_app(
     """Run a @hydra.main function on `argv` (the command line after the program name; None =
     the process's own), ending a CommandError from the job (see `job`) or a refusal of Hydra's
     own in one line."""
+    from hydra.core.hydra_config import HydraConfig
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -144,6 +145,9 @@ def run_hydra_app(
     os.environ.setdefault(FULL_ERROR_ENV, os.environ.get("HYDRA_FULL_ERROR", ""))
     saved = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    # Hydra leaves its last job's config behind; a config composed later in this process (a
+    # test's) must not take its run name from it (${sweep_tag:} reads it).
+    hydra_config = HydraConfig.instance().cfg
     try:
         with command_errors(program):
             try:
@@ -162,6 +166,7 @@ def run_hydra_app(
               f"`{program} --cfg job` prints the config", file=sys.stderr, flush=True)  # fmt: skip
         raise SystemExit(EXIT_USER_ERROR) from None
     finally:
+        HydraConfig.instance().cfg = hydra_config
         if saved is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
@@ -212,6 +217,43 @@ def hydra_overrides() -> list[str]:
     from hydra.core.hydra_config import HydraConfig
 
     return list(HydraConfig.get().overrides.task)
+
+
+class SweepReport(Callback):
+    """bnrepro-train's Hydra callback (configs/train.yaml, hydra.callbacks): a -m sweep names its
+    runs by the keys it varies (bnrepro/sweeps.py), and a sweep whose jobs ran in this process
+    (Hydra's local launcher) ends with a table of them and, over several experiments, their
+    comparison and plot (bnrepro/figures/compare.py; SLURM: hydra_plugins/bnrepro_launcher)."""
+
+    def __init__(self) -> None:
+        self.expected, self.jobs, self.pid = 0, [], None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        from omegaconf import read_write
+
+        from bnrepro import sweeps
+        from bnrepro.config import sweep
+
+        hydra = config.hydra
+        arguments = sweeps.sweep_arguments(hydra.overrides.task, hydra.sweeper.get("params"))
+        # Every job gets the keys the sweep does not vary as Hydra's own override_dirname
+        # exclusions (hydra.overrides.hydra is what each job is composed with, besides its own).
+        fixed = ",".join(f"'{key}'" for key in sweeps.fixed_keys(arguments))
+        with read_write(hydra.overrides.hydra):
+            hydra.overrides.hydra.append(
+                f"hydra.job.config.override_dirname.exclude_keys=[{fixed}]"
+            )
+        self.expected, self.jobs, self.pid = len(sweep(arguments)), [], os.getpid()
+        self.sweep_dir = str(hydra.sweep.dir)
+
+    def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
+        if self.pid != os.getpid():  # a single run, or a job on a SLURM node: not the sweep's end
+            return
+        self.jobs.append(job_return)
+        if len(self.jobs) == self.expected:
+            from bnrepro.figures import compare
+
+            print(compare.sweep_report(self.sweep_dir, compare.runs_of(self.jobs)), flush=True)
 
 
 # ---- the Hydra commands --------------------------------------------------------------------

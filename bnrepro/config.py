@@ -15,13 +15,26 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from bnrepro import sweeps
 from bnrepro.errors import ConfigError, one_line
 from bnrepro.paper import PAPER_BATCH
 
 _PKG = Path(__file__).resolve().parent
 CONFIG_DIR = str(_PKG / "configs" if (_PKG / "configs").is_dir() else _PKG.parent / "configs")
+
+
+def comma_list(text: str | None) -> list[str]:
+    """The `${comma_list:...}` resolver: "paper, bn" -> ["paper", "bn"]; "" or null -> [] (W&B's
+    WANDB_TAGS as logger.wandb.tags)."""
+    return [item.strip() for item in (text or "").split(",") if item.strip()]
+
+
+# The YAML's own resolvers, registered wherever a config is composed (every command imports
+# this module): ${sweep_tag:} in run_name (bnrepro/sweeps.py), ${comma_list:...} in logger/.
+OmegaConf.register_new_resolver("sweep_tag", sweeps.sweep_tag, replace=True)
+OmegaConf.register_new_resolver("comma_list", comma_list, replace=True)
 
 
 def compose(config_name: str = "train", overrides: list[str] | None = None) -> DictConfig:
@@ -53,17 +66,31 @@ def compose_checked(config_name: str = "train", overrides: list[str] | None = No
 
 def composition_error(error: Exception, config_name: str) -> str:
     """Hydra's refusal to compose, on one line: where it looked is dropped (noise), and an unknown
-    key gets the nearest known one ("did you mean")."""
+    key, config group or option gets the nearest known one ("did you mean")."""
+    import difflib
     import re
+
+    from hydra.errors import MissingConfigException
 
     from bnrepro.schema import SCHEMAS, did_you_mean
 
+    missing = getattr(error, "missing_cfg_file", None) or ""
+    if isinstance(error, MissingConfigException) and error.options and "/" in missing:
+        group, option = missing.rsplit("/", 1)  # experiment=bn_x31: experiment/bn_x31 is no file
+        close = difflib.get_close_matches(option, error.options, n=1, cutoff=0.5)
+        hint = f" (did you mean {group}={close[0]}?)" if close else ""
+        return f"{group}={option} is not an option of {group}{hint}: the options are " + ", ".join(
+            error.options
+        )
     cause = f" ({one_line(error.__cause__)})" if error.__cause__ is not None else ""
     message = one_line(error).split(" | Config search path:")[0] + cause
     unknown = re.match(r"Could not override '([\w.]+)'", message)
     if unknown:  # Hydra's advice, "+key=value", would only meet the schema's refusal
         key = unknown.group(1)
-        return f"{key} is not a config key{did_you_mean(key, SCHEMAS[config_name])}"
+        groups = sorted(
+            p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir() and p.name != "hydra"
+        )
+        return f"{key} is not a config key{did_you_mean(key, SCHEMAS[config_name], groups)}"
     return message
 
 

@@ -15,6 +15,7 @@ runs through `agree`: every rank ends the same way, and rank 0 alone says why.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -25,12 +26,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, TypeVar
 
-from bnrepro.errors import CommandError, ConfigError, one_line
+from bnrepro.errors import CommandError, ConfigError, UserError, one_line
 
 if TYPE_CHECKING:
     import torch
 
 T = TypeVar("T")
+Made = TypeVar("Made")
 
 
 @dataclass(frozen=True)
@@ -211,6 +213,83 @@ def agree(d: Dist, check: Callable[[], T]) -> T:
         error.exit_status = status
         raise error
     return result
+
+
+# [ours] How long start-up work on one rank (unpacking ImageNet's tars: tens of minutes on a slow
+# disk) may keep the others waiting; runtime.dist_timeout_s, meant for a hung step, is far shorter.
+STARTUP_TIMEOUT = timedelta(hours=6)
+
+
+@contextlib.contextmanager
+def _startup_group():
+    """A gloo group over every rank (CPU collectives of Python objects, whatever the training
+    backend) that waits up to STARTUP_TIMEOUT; every rank must enter it at the same point."""
+    import torch.distributed as dist
+
+    group = dist.new_group(backend="gloo", timeout=STARTUP_TIMEOUT)
+    try:
+        yield group
+    finally:
+        dist.destroy_process_group(group)
+
+
+def from_rank0(make: Callable[[], Made], rank: int, world_size: int) -> Made:
+    """make() on rank 0 alone, its result sent to every rank: the others wait for it (a barrier)
+    instead of doing the same work at the same time (a file listing: one scan of a shared file
+    system, not one per rank). An exception on rank 0 is raised on every rank, so that none waits
+    for a result that never comes. Needs the process group of `setup` when world_size > 1."""
+    import torch.distributed as dist
+
+    if world_size == 1:
+        return make()
+    box: list = [None]
+    with _startup_group() as group:
+        if rank == 0:
+            try:
+                box[0] = (make(), None)
+            except Exception as err:  # noqa: BLE001 - sent on, then raised here as well
+                # A UserError travels as it is (one line on every rank), anything else as text.
+                sent = err if isinstance(err, UserError) else RuntimeError(f"rank 0: {err!r}")
+                box[0] = (None, sent)
+                dist.broadcast_object_list(box, src=0, group=group)
+                raise
+        dist.broadcast_object_list(box, src=0, group=group)
+    made, error = box[0]
+    if error is not None:
+        raise error
+    return made
+
+
+class NodeFailed(UserError):
+    """Another rank's `once_per_node` work failed: its own line says why."""
+
+
+def once_per_node(work: Callable[[], None], local_rank: int, world_size: int) -> None:
+    """work() on the first process of each node (LOCAL_RANK 0), every rank waiting until every
+    node is done (unpacking the ImageNet tars onto node-local disks). A failure is raised on the
+    rank where it happened and as NodeFailed on the others, so that none waits forever."""
+    import torch.distributed as dist
+
+    error: Exception | None = None
+    if local_rank == 0:
+        try:
+            work()
+        except Exception as err:  # noqa: BLE001 - shared with the other ranks, then raised
+            error = err
+    if world_size == 1:
+        if error is not None:
+            raise error
+        return
+    errors: list = [None] * world_size
+    with _startup_group() as group:
+        why = None if error is None else f"{type(error).__name__}: {error}"
+        dist.all_gather_object(errors, why, group=group)
+    if error is not None:
+        raise error
+    failed = [(r, e) for r, e in enumerate(errors) if e is not None]
+    if failed:
+        rank, why = failed[0]
+        raise NodeFailed(f"rank {rank} failed before this rank could start: {why}")
 
 
 def slurm_job_id() -> str | None:

@@ -22,7 +22,9 @@ from torch import nn
 from tqdm import tqdm
 
 from bnrepro import distributed
+from bnrepro.data.datasets import TrainBatch
 from bnrepro.data.loaders import unreadable_files
+from bnrepro.data.transforms import distort_color_batch
 from bnrepro.errors import ConfigError, DataError
 from bnrepro.metrics import topk_correct
 
@@ -45,14 +47,26 @@ class Runtime:
         enabled = self.amp_dtype is not None
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=enabled)
 
-    def inputs(self, images: torch.Tensor) -> torch.Tensor:
-        """The loader's uint8 [B, C, H, W] -> normalised float32 on the device. The uint8 batch
-        is what crosses the bus (4x fewer bytes than float)."""
+    def inputs(self, images: torch.Tensor, color: torch.Tensor | None = None) -> torch.Tensor:
+        """The loader's uint8 [B, C, H, W] -> float32 on the device: each image through its
+        colour distortion (a training batch's `color`, TF-slim's ops batched:
+        transforms.distort_color_batch), clipped to [0, 255] once, then normalised. The uint8
+        batch is what crosses the bus (4x fewer bytes than float), and the colour costs the
+        workers nothing. Unlike the per-image reference (transforms.apply_color) the coloured
+        pixels are not rounded to uint8 levels (TF-slim does not round either)."""
         if images.dtype != torch.uint8:
             raise TypeError(f"the model's inputs start as the loader's uint8, got {images.dtype}")
         images = images.to(self.device, non_blocking=True)
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        return images.contiguous(memory_format=fmt).float().sub_(self.mean).div_(self.std)
+        if color is None or not bool((color[:, 0] >= 0).any()):  # on the CPU: no device sync
+            return images.contiguous(memory_format=fmt).float().sub_(self.mean).div_(self.std)
+        x = distort_color_batch(images.float(), color).clamp_(0, 255)
+        return x.contiguous(memory_format=fmt).sub_(self.mean).div_(self.std)
+
+    def batch_inputs(self, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """A training batch's model inputs (coloured, normalised) and labels, on the device."""
+        labels = batch.labels.to(self.device, non_blocking=True)
+        return self.inputs(batch.images, batch.color), labels
 
     def with_normalization(self, mean: list[float], std: list[float]) -> Runtime:
         """This runtime normalising with another mean and std (a data config's: fractions of
@@ -85,9 +99,9 @@ def build_runtime(runtime_cfg: DictConfig, data_cfg: DictConfig, device: torch.d
 
 def training_batches(
     loader: torch.utils.data.DataLoader, epoch: int, images_in_epoch: int
-) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
-    """Endless (epoch, images of that epoch's global order used so far, images, labels), from a
-    saved data position (data/sampler.py: the position counts every rank's images)."""
+) -> Iterator[tuple[int, int, TrainBatch]]:
+    """Endless (epoch, images of that epoch's global order used so far, batch), from a saved
+    data position (data/sampler.py: the position counts every rank's images)."""
     per_batch = loader.sampler.images_per_batch  # one batch on every rank
     while True:
         loader.sampler.set_epoch(epoch, start_image=images_in_epoch)
@@ -95,9 +109,9 @@ def training_batches(
         # (dropout) does not depend on where a run was resumed.
         with torch.random.fork_rng(devices=[]):
             iterator = iter(loader)
-        for images, labels in iterator:
+        for batch in iterator:
             images_in_epoch += per_batch
-            yield epoch, images_in_epoch, images, labels
+            yield epoch, images_in_epoch, batch
         epoch, images_in_epoch = epoch + 1, 0
 
 
@@ -105,8 +119,8 @@ def training_inputs(
     loader: torch.utils.data.DataLoader, runtime: Runtime
 ) -> Iterator[torch.Tensor]:
     """Model-ready training inputs in epoch 0's order, for Algorithm 2 (evaluation/bn_stats.py)."""
-    for _, _, images, _ in training_batches(loader, 0, 0):
-        yield runtime.inputs(images)
+    for _, _, batch in training_batches(loader, 0, 0):
+        yield runtime.inputs(batch.images, batch.color)
 
 
 def train_step(
@@ -123,9 +137,8 @@ def train_step(
     (no host sync here); returns the data position after it (epoch, images_in_epoch)."""
     optimizer.zero_grad(set_to_none=True)
     for micro in range(grad_accum):
-        epoch, position, images, labels = next(data_iter)
-        labels = labels.to(runtime.device, non_blocking=True)
-        inputs = runtime.inputs(images)
+        epoch, position, batch = next(data_iter)
+        inputs, labels = runtime.batch_inputs(batch)
         # Under DDP, all-reduce gradients only on the last micro-batch.
         no_sync = micro < grad_accum - 1 and hasattr(model, "no_sync")
         with model.no_sync() if no_sync else contextlib.nullcontext(), runtime.autocast():
@@ -151,10 +164,10 @@ def evaluate(
     dist: distributed.Dist | None = None,
     progress: bool = False,
 ) -> dict:
-    """Single-centre-crop val loss, top-1, top-5 (fractions), summed over ranks; the first
-    `max_images` images (over all ranks) when given. `progress`: draw a bar (a terminal's).
-    Each readable file counts once; `val/skipped` says how many unreadable ones were left out
-    (DataError if no file could be read)."""
+    """Single-centre-crop val loss, top-1, top-5 (fractions) and the number of images, summed
+    over ranks; the first `max_images` images (over all ranks) when given. `progress`: draw a
+    bar (a terminal's). Each readable file counts once; `val/skipped` says how many unreadable
+    ones were left out (DataError if no file could be read)."""
     if dist is not None:
         distributed.broadcast_buffers(model, dist)  # every rank evaluates rank 0's model
     was_training = model.training
@@ -188,5 +201,6 @@ def evaluate(
             f"no val image could be read ({skipped:.0f} unreadable, each warned about with its "
             "path): restore the val files, or point data.root at an intact copy"
         )
+    # The image count gives each score its interval (stats.wilson; bnrepro-report).
     return {"val/loss": loss / n, "val/top1": top1 / n, "val/top5": top5 / n,
-            "val/skipped": int(skipped)}  # fmt: skip
+            "val/images": int(n), "val/skipped": int(skipped)}  # fmt: skip

@@ -16,6 +16,18 @@ FIGURE3 = {
     "bn_x5_sigmoid": (None, 0.698),
 }
 
+# The paper's names of the variants (section 4.2.2, Figures 2 and 3), by experiment; the two
+# controls have no name in the paper: theirs are [ours], in the paper's style.
+NAMES = {
+    "inception": "Inception",
+    "bn_baseline": "BN-Baseline",
+    "bn_x5": "BN-x5",
+    "bn_x30": "BN-x30",
+    "bn_x5_sigmoid": "BN-x5-Sigmoid",
+    "inception_sigmoid": "Inception-Sigmoid",
+    "inception_x5": "Inception-x5",
+}
+
 # docs/paper.md section 4 (section 4.2.3): BN-x30 and the ensemble members peak "after about 6e6
 # steps": the shortest budget that shows the accelerated BN networks' whole curve.
 BN_X30_PEAK_STEPS = 6.0e6

@@ -1,18 +1,25 @@
 """bnrepro-plan: what a training run will do, before it costs anything.
 
     bnrepro-plan experiment=bn_x30 data=imagenet                       # 8 GPUs on one node
+    bnrepro-plan experiment=bn_x30                                     # small data: this machine
     bnrepro-plan experiment=inception data=imagenet plan.gpus=8 plan.nodes=4
     bnrepro-plan experiment=bn_x5 data=imagenet plan.images_per_s=2500 # a measured throughput
     bnrepro-plan -m experiment=inception,bn_baseline,bn_x5,bn_x30,bn_x5_sigmoid data=imagenet
     bnrepro-plan -m experiment=bn_x30 'optim.lr=choice(0.03,0.045)' data=imagenet
 
 Takes bnrepro-train's overrides, plus plan.* (configs/plan.yaml: the cluster shape and the cost
-model), checked as bnrepro-train checks them; -m takes Hydra's sweep syntax. Prints the global batch, the LR over the run (warmup, decays, an ASCII plot against paper
+model) and cluster.* (configs/cluster/: the CPUs each GPU gets), checked as bnrepro-train checks
+them; -m takes Hydra's sweep syntax. Prints the global batch, the LR over the run (warmup, decays, an ASCII plot against paper
 steps), the budget in images, paper steps and epochs, the paper's steps to 72.2% (Figure 3) and
 whether the budget covers them, the evaluations and checkpoints planned, and an estimate of
-GPU-hours. With -m, every combination of the comma lists is composed and the plans are printed
-as one table. Reads no data and builds the network only on the meta device (to count its FLOPs).
-The LR curve is schedule.LRSchedule's own, as the training loop sets it.
+GPU-hours: the slower of what the GPU computes and what its CPU workers feed (`run_cost`), with
+what bounds the run and the assumptions, rounded to two significant figures. With -m, every
+combination of the comma lists is composed and the plans are printed as one table. Reads no data
+and builds the network only on the meta device (to count its FLOPs). The LR curve is
+schedule.LRSchedule's own, as the training loop sets it.
+
+    bnrepro-plan experiment=bn_x30 data=imagenet cluster.cpus_per_task=4   # a CPU-poor node
+    bnrepro-plan experiment=bn_x30 data=imagenet plan.pipeline_images_per_s_per_core=600
 """
 
 from __future__ import annotations
@@ -31,10 +38,23 @@ from bnrepro.figures.tables import paper_steps_text
 from bnrepro.paper import FIGURE3, PAPER_BATCH, PAPER_DIVERGED
 
 LR_SAMPLES = 4000  # points of the LR curve (more where decays are frequent)
+COST_DIGITS = 2  # significant figures of a cost: its inputs are assumptions and one CPU's rate
 
 
 class PlanError(UserError):
     """Bad input to bnrepro-plan; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What a run costs on its GPUs and what bounds it (`run_cost`)."""
+
+    gpu_hours: float  # GPUs x wall hours: a GPU is held while it waits for its input too
+    bound: str  # "the GPU" or "the input pipeline"
+    gpu_images_per_s: float  # training images/s one GPU computes
+    pipeline_images_per_s: float | None  # training images/s its CPUs feed; None: not modelled
+    why: str  # the comparison behind `bound`, in words
+    assumptions: str
 
 
 @dataclass
@@ -54,8 +74,11 @@ class Plan:
     checkpoints: int
     keep_last: int
     gflops_per_image: float  # forward, at the configured crop and width
-    gpu_hours: float
-    cost_basis: str
+    cost: Cost
+
+    @property
+    def gpu_hours(self) -> float:
+        return self.cost.gpu_hours
 
     @property
     def paper_steps(self) -> float:
@@ -126,10 +149,87 @@ def periodic_count(interval: int, global_batch: int, max_images: int) -> int:
     return n + (last != final)
 
 
+def cpus_per_gpu(cluster: DictConfig) -> float:
+    """The CPU cores each GPU's training process gets (configs/cluster/*.yaml: one task per GPU
+    by default, each with cpus_per_task cores)."""
+    tasks = cluster.cpus_per_task * cluster.tasks_per_node
+    return tasks / cluster.gpus_per_node if cluster.gpus_per_node else cluster.cpus_per_task
+
+
+def run_cost(cfg: DictConfig, gflops: float, train_images: float, eval_images: float) -> Cost:
+    """GPU-hours of `train_images` training and `eval_images` evaluated images (all GPUs
+    together), each phase at the slower of the GPU and its input pipeline.
+
+    GPU: plan.images_per_s (measured) or plan.sustained_tflops / (train_flops_factor x forward
+    FLOPs); an evaluated image costs a forward only (1 / train_flops_factor of a training one).
+    Pipeline (data.decode=cpu): its workers run on the GPU's cores but one (the training
+    process's), at most data.num_workers of them, each at plan.pipeline_images_per_s_per_core,
+    in parallel with the GPU; with no core to spare the training process decodes between steps
+    (the two times add up). Validation images cost a worker what a training image does. With
+    data.decode=gpu or dali the workers only read files: the pipeline is not modelled."""
+    s, data = cfg.plan, cfg.data
+    if s.images_per_s:
+        gpu = float(s.images_per_s)
+        gpu_basis = f"measured {s.images_per_s:g} training images/s per GPU"
+    else:
+        gpu = s.sustained_tflops * 1e12 / (s.train_flops_factor * gflops * 1e9)
+        gpu_basis = (f"{gflops:.3g} GFLOPs/image forward x{s.train_flops_factor:g} to train at an "
+                     f"assumed {s.sustained_tflops:g} TFLOP/s per GPU")  # fmt: skip
+    cpus = cpus_per_gpu(cfg.cluster)
+    per_core = s.pipeline_images_per_s_per_core
+    workers = min(data.num_workers, math.floor(cpus) - 1)
+    assumptions = [gpu_basis, "evaluation: a forward pass per image"]
+    if data.decode != "cpu":
+        pipeline = None
+        why = f"data.decode={data.decode}: GPU decoding is not modelled (scripts/bench_gpu.py)"
+    elif workers >= 1:
+        pipeline = workers * per_core
+        why = (f"{workers} worker core{'s' * (workers > 1)} per GPU x {rounded(per_core)} images/s "
+               f"= {rounded(pipeline)} training images/s fed; the GPU computes {rounded(gpu)}")  # fmt: skip
+    else:  # decoding and the step take turns on one core
+        pipeline = 1 / (1 / gpu + 1 / per_core)
+        alone = "data.num_workers=0" if data.num_workers == 0 else "one CPU core per GPU"
+        why = (f"{alone}: the training process decodes between steps, {rounded(pipeline)} "
+               "images/s")  # fmt: skip
+    if pipeline is not None:
+        assumptions += [
+            f"{cpus:g} CPU core{'s' * (cpus != 1)} per GPU (cluster.cpus_per_task), one kept by "
+            "the training process",
+            f"{rounded(per_core)} images/s per worker core (plan.pipeline_images_per_s_per_core, "
+            "results/bench_data.md: smaller files than ImageNet's, so likely optimistic)",
+        ]
+    train_rate = gpu if pipeline is None else min(gpu, pipeline)
+    eval_gpu = gpu * s.train_flops_factor
+    eval_rate = eval_gpu if pipeline is None else min(eval_gpu, pipeline)
+    seconds = train_images / train_rate + eval_images / eval_rate
+    bound = "the GPU" if pipeline is None or gpu <= pipeline else "the input pipeline"
+    assumptions.append(f"rounded to {COST_DIGITS} significant figures")
+    return Cost(seconds / 3600, bound, gpu, pipeline, why, "; ".join(assumptions))
+
+
+def rounded(x: float, digits: int = COST_DIGITS) -> str:
+    """`x` to `digits` significant figures, in plain digits (46, 4.6, 1,200; never 1.2e+03)."""
+    if x == 0 or not math.isfinite(x):
+        return f"{x:g}"
+    places = digits - 1 - math.floor(math.log10(abs(x)))
+    value = round(x, places)
+    return f"{value:,.{max(places, 0)}f}"
+
+
+def gpus_per_node(cfg: DictConfig) -> int:
+    """plan.gpus; `auto`: a node of 8 GPUs for ImageNet, else this machine (its GPUs, or one CPU
+    process): small data is planned where it will run."""
+    if cfg.plan.gpus != "auto":
+        return cfg.plan.gpus
+    if cfg.data.name == "imagenet":
+        return 8
+    return max(1, torch.cuda.device_count() if cfg.runtime.device != "cpu" else 0)
+
+
 def make_plan(cfg: DictConfig) -> Plan:
     """The plan of the run `cfg` (configs/plan.yaml, composed: bnrepro-train's config + plan.*)."""
     settings = cfg.plan
-    processes = settings.gpus * settings.nodes
+    processes = gpus_per_node(cfg) * settings.nodes
     batch = global_batch(cfg.data.batch_size, processes, cfg.trainer.grad_accum)
     train_size, val_size = data_sizes(cfg.data)
     t = cfg.trainer
@@ -137,14 +237,7 @@ def make_plan(cfg: DictConfig) -> Plan:
     train_images = t.max_images
     eval_images = min(t.eval_max_images or val_size, val_size)
     evals = periodic_count(t.eval_every_images, batch, t.max_images)
-    if settings.images_per_s:
-        gpu_seconds = train_images / settings.images_per_s
-        basis = f"measured {settings.images_per_s:g} training images/s per GPU"
-    else:
-        flops = (train_images * settings.train_flops_factor + evals * eval_images) * gflops * 1e9
-        gpu_seconds = flops / (settings.sustained_tflops * 1e12)
-        basis = (f"{gflops:.3g} GFLOPs/image forward x{settings.train_flops_factor} to train, "
-                 f"evaluations included, at an assumed {settings.sustained_tflops:g} TFLOP/s per GPU")  # fmt: skip
+    cost = run_cost(cfg, gflops, train_images, evals * eval_images)
     name = cfg.experiment_name
     paper = FIGURE3.get(name, (None, None))[0]
     if name in PAPER_DIVERGED:
@@ -164,8 +257,7 @@ def make_plan(cfg: DictConfig) -> Plan:
         warmup_images=warmup_images,
         max_images=int(t.max_images), train_size=train_size, paper_target=target, paper_note=note,
         evals=evals, checkpoints=periodic_count(t.ckpt_every_images, batch, t.max_images),
-        keep_last=t.keep_last, gflops_per_image=gflops, gpu_hours=gpu_seconds / 3600,
-        cost_basis=basis,
+        keep_last=t.keep_last, gflops_per_image=gflops, cost=cost,
     )  # fmt: skip
 
 
@@ -200,7 +292,7 @@ def describe(plan: Plan, settings: DictConfig) -> str:
     wall = plan.gpu_hours / plan.processes
     lines = [
         f"{plan.experiment} on {plan.data}: {plan.processes} process{'es' * (plan.processes > 1)} "
-        f"({settings.gpus} per node x {settings.nodes} nodes)",
+        f"({plan.processes // settings.nodes} per node x {settings.nodes} nodes)",
         f"  global batch     {plan.global_batch} (data.batch_size x processes x trainer.grad_accum)",
         f"  effective LR     {plan.effective_lr:.4g} (optim.lr x {plan.global_batch}/{PAPER_BATCH});"
         f" peak {plan.peak_lr:.4g}, final {plan.curve[-1][1]:.4g}",
@@ -211,8 +303,10 @@ def describe(plan: Plan, settings: DictConfig) -> str:
         f"  paper (Fig. 3)   steps to 72.2%: {plan.paper_note}{covered[plan.covered]}",
         f"  evaluations      {plan.evals}; checkpoints {plan.checkpoints} (the last "
         f"{plan.keep_last} kept, plus best.pt)",
-        f"  cost             {plan.gpu_hours:.3g} GPU-hours, {wall:.3g} h wall on "
-        f"{plan.processes} ({plan.cost_basis})",
+        f"  cost             {rounded(plan.gpu_hours)} GPU-hours, {rounded(wall)} h wall on "
+        f"{plan.processes} processes",
+        f"  bounded by       {plan.cost.bound}: {plan.cost.why}",
+        f"  assumptions      {plan.cost.assumptions}",
         "  LR against paper steps:",
         ascii_plot(plan.curve, settings.plot_width, settings.plot_height),
     ]  # fmt: skip
@@ -224,8 +318,8 @@ def table(plans: list[Plan]) -> str:
     lines = [
         "| experiment | processes | global batch | effective LR | warmup (paper steps) "
         "| budget (paper steps) | epochs | steps to 72.2% (paper) | covered | evaluations "
-        "| GPU-hours |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| GPU-hours | bounded by |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in plans:
         covered = {None: "-", True: "yes", False: "NO"}[p.covered]
@@ -233,7 +327,7 @@ def table(plans: list[Plan]) -> str:
             f"| {p.experiment} | {p.processes} | {p.global_batch} | {p.effective_lr:.4g} "
             f"| {paper_steps_text(p.warmup_images / PAPER_BATCH)} | {paper_steps_text(p.paper_steps)} "
             f"| {p.epochs:.4g} "
-            f"| {p.paper_note} | {covered} | {p.evals} | {p.gpu_hours:.3g} |"
+            f"| {p.paper_note} | {covered} | {p.evals} | {rounded(p.gpu_hours)} | {p.cost.bound} |"
         )
     return "\n".join(lines)
 
@@ -251,4 +345,4 @@ def print_plans(overrides: list[str], *, multirun: bool = False) -> None:
         print(describe(plans[0], configs[0].plan))
     else:
         print(table(plans))
-        print(f"\n({plans[0].processes} processes each; cost: {plans[0].cost_basis})")
+        print(f"\n({plans[0].processes} processes each; cost: {plans[0].cost.assumptions})")

@@ -181,8 +181,10 @@ class WandbSchema:
     mode: Literal["online", "offline", "disabled", "dryrun", "run"]
     project: str | None
     entity: str | None
+    name: str | None  # null: the run's own name (run_name; bnrepro-ensemble's own)
     group: str | None
     tags: list[str]
+    notes: str | None
     log_checkpoints: bool
 
 
@@ -236,11 +238,12 @@ class TrainSchema:
 
 @dataclasses.dataclass
 class PlanSettingsSchema:
-    gpus: Count
+    gpus: Literal["auto"] | Count
     nodes: Count
     train_flops_factor: Positive
     sustained_tflops: Positive
     images_per_s: Positive | None
+    pipeline_images_per_s_per_core: Positive
     plot_width: Annotated[int, Range(8)]
     plot_height: Annotated[int, Range(3)]
 
@@ -339,9 +342,10 @@ def _all_keys(schema: type, prefix: str = "") -> list[str]:
     return keys
 
 
-def did_you_mean(key: str, schema: type) -> str:
-    """ "(did you mean optim.lr?)" for a key close to one of the schema's, else ""."""
-    close = difflib.get_close_matches(key, _all_keys(schema), n=1, cutoff=0.6)
+def did_you_mean(key: str, schema: type, groups: list[str] = ()) -> str:
+    """ "(did you mean optim.lr?)" for a key close to one of the schema's (or to a config group's
+    name: `expriment` -> experiment), else ""."""
+    close = difflib.get_close_matches(key, [*groups, *_all_keys(schema)], n=1, cutoff=0.6)
     return f" (did you mean {close[0]}?)" if close else ""
 
 

@@ -8,10 +8,12 @@ overrides, as Hydra's own .hydra/overrides.yaml), written once the run is accept
 names are the run folder's (checkpoint.RunFolder).
 
 W&B: the run id is kept in the checkpoint; a resumed run passes it back with resume="allow" and
-continues the same W&B run (online; wandb cannot resume an offline run: it writes a second
-offline-run folder, which `wandb sync` uploads as usual). WANDB_MODE / WANDB_PROJECT /
-WANDB_ENTITY from the environment are logger=wandb's defaults (configs/logger/wandb.yaml), a
-command-line value wins; WANDB_DIR, when set, replaces the run folder as wandb's directory.
+continues the same W&B run (online; wandb cannot resume an offline run: each start writes an
+offline-run-<time>-<id> folder with the same id, and `wandb sync` given all of them uploads one
+run: `sync_command`, printed at the end of an offline run). W&B's environment variables
+(WANDB_MODE, _PROJECT, _ENTITY, _NAME, _RUN_GROUP, _TAGS, _NOTES) win over the logger config's
+defaults (configs/logger/wandb.yaml), a command-line value wins over both; WANDB_DIR, when set,
+replaces the run folder as wandb's directory.
 logger.wandb.log_checkpoints=true logs every checkpoint as a version of the artifact
 `model-<run id>` (type "model"; aliases latest, best and images-<N>), the names bnrepro-ensemble
 uses to record which members it evaluated; `log_ensemble` is bnrepro-ensemble's W&B run.
@@ -107,6 +109,15 @@ class Tracker:
         if self.wandb is not None:
             self.wandb.summary.update(values)
 
+    def sync_command(self) -> str | None:
+        """The command that uploads this run to W&B when it logged offline, else None. Every start
+        of an offline run writes a folder of its own, <wandb dir>/wandb/offline-run-<time>-<id>,
+        all with the run's one id (wandb cannot resume offline); `wandb sync` given them all
+        uploads them as that one run, in the order they were written."""
+        if self.wandb is None or self.wandb.settings.mode != "offline":
+            return None
+        return f"wandb sync {wandb_dir(self.folder.path)}/wandb/offline-run-*-{self.run_id}"
+
     def close(self) -> None:
         if not self.enabled:
             return
@@ -169,7 +180,8 @@ def _init_wandb(cfg: DictConfig, run_dir: Path, run_id: str | None):  # -> wandb
         group=w.group,
         job_type="train",
         tags=list(w.tags),
-        name=cfg.run_name,
+        name=w.name or cfg.run_name,
+        notes=w.notes,
         config=OmegaConf.to_container(cfg, resolve=True),
         id=run_id,
         resume="allow" if run_id else None,
@@ -214,7 +226,8 @@ def log_ensemble(results: dict, members: list[MemberFile], cfg: DictConfig, run_
         group=group,
         job_type="ensemble",
         tags=list(w.tags),
-        name=f"ensemble_{cfg.crops}crops_{len(members)}models",
+        name=w.name or f"ensemble_{cfg.crops}crops_{len(members)}models",
+        notes=w.notes,
         config=dict(results["config"], members=results["members"]),
         dir=wandb_dir(run_dir),
         mode=WANDB_MODE_ALIASES.get(w.mode, w.mode),

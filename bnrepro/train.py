@@ -93,7 +93,7 @@ def start(cfg: DictConfig, folder: RunFolder, overrides: list[str] | None = None
     try:
         builders.seed_everything(cfg.seed)  # the same initial weights on every rank
         data = builders.build_data(cfg, rank=dist.rank, world_size=dist.world_size,
-                                   identity=identity)  # fmt: skip
+                                   local_rank=dist.local_rank, identity=identity)  # fmt: skip
         batch = global_batch(cfg.data.batch_size, dist.world_size, cfg.trainer.grad_accum)
         lr = effective_lr(cfg.optim.lr, batch)
         model = builders.build_model(cfg, data.classes).to(runtime.device)
@@ -143,9 +143,10 @@ def check_start(
     folder): no other process in it, the data (what it holds, from its file lists alone: a
     synthetic tree not generated yet included), the checkpoint to resume (its model, classes,
     config and data) and the data position to continue. Returns (data identity, checkpoint)."""
-    if dist.is_main:
-        lock.acquire()
-    identity = identify(cfg.data)
+    # Rank 0's lock first, agreed on: every rank then reaches identify's collectives together.
+    distributed.agree(dist, lambda: lock.acquire() if dist.is_main else None)
+    identity = identify(cfg.data, rank=dist.rank, local_rank=dist.local_rank,
+                        world_size=dist.world_size)  # fmt: skip
     classes = list(identity.classes)
     arch = builders.arch_of(cfg, classes)
     ckpt = checkpointer.resume_point(cfg.trainer.resume, config, arch, classes, identity.record())
@@ -345,6 +346,7 @@ def finish(s: Session, *, preempted: bool, requeue: bool, diverged: str | None =
         "expect_divergence": s.cfg.trainer.expect_divergence,
     }
     s.tracker.summary(summary)
+    sync = s.tracker.sync_command()
     s.tracker.close()
     distributed.barrier(s.dist)  # every rank leaves together, after rank 0's files are written
     distributed.teardown()
@@ -360,6 +362,8 @@ def finish(s: Session, *, preempted: bool, requeue: bool, diverged: str | None =
         s.console.print(f"{outcome} at {p.images_seen} images ({p.images_seen / PAPER_BATCH:g} "
                         f"paper steps). Run folder {f.path}: metrics {f.metrics}, checkpoints "
                         f"{f.checkpoints}, summary {f.summary}, log {f.log}")  # fmt: skip
+    if sync:
+        s.console.print(f"W&B logged offline; upload every start of this run with: {sync}")
     s.console.close()
     return summary
 

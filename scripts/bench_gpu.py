@@ -6,6 +6,8 @@ The paper's network at its input size (BN-Inception, model.width_mult=1, 224 px,
 channels_last as runtime/default.yaml sets them on a GPU), on cuda:0, at batch 32 per GPU (the
 paper's) and at the largest batch that fits (doubling from 32 until out of memory, --max-batch):
   bare        forward+backward+SGD step (engine.train_step) on one batch held on the GPU
+  bare+colour the same with the paper's colour distortion (strength 1) applied to that batch on
+              the GPU at every step, fused with the normalisation (engine.Runtime.inputs)
   loop, X     train(), the whole loop, fed by data.decode=X: cpu (DataLoader workers decode with
               libjpeg-turbo), gpu (torchvision's batched decode_jpeg on CUDA), dali (NVIDIA DALI's
               nvJPEG "mixed" decoder; pip install -e '.[dali]')
@@ -32,12 +34,14 @@ import sys
 import tempfile
 import time
 
+import numpy as np
 import torch
 
 from bnrepro import builders, distributed, engine
 from bnrepro import train as T
 from bnrepro.config import compose
-from bnrepro.data import WholeImages, build_datasets, whole_image_loader
+from bnrepro.data import TrainBatch, WholeImages, build_datasets, whole_image_loader
+from bnrepro.data import transforms as TF
 from bnrepro.data.dali import DaliMissingError
 from bnrepro.data.loaders import DECODERS
 from bnrepro.evaluation import ensemble
@@ -58,8 +62,11 @@ def overrides(root: str, batch: int, train_images: int, workers: int) -> list[st
     ]  # fmt: skip
 
 
-def bare_rate(cfg, classes: list[str], steps: int, warm: int) -> tuple[float, float]:
-    """(images/s, peak GiB) of train_step on one uint8 batch held on the GPU."""
+def bare_rate(
+    cfg, classes: list[str], steps: int, warm: int, color: bool = False
+) -> tuple[float, float]:
+    """(images/s, peak GiB) of train_step on one uint8 batch held on the GPU; with `color`, each
+    image with its own draw of the paper's colour distortion at strength 1."""
     device = DEVICE
     runtime = engine.build_runtime(cfg.runtime, cfg.data, device)
     model = builders.build_model(cfg, classes).to(device)
@@ -69,7 +76,11 @@ def bare_rate(cfg, classes: list[str], steps: int, warm: int) -> tuple[float, fl
     b, side = cfg.data.batch_size, cfg.data.train_crop
     images = torch.randint(0, 256, (b, 3, side, side), dtype=torch.uint8, device=device)
     labels = torch.randint(0, len(classes), (b,), device=device)
-    batches = iter(lambda: (0, 1, images, labels), None)
+    rng = np.random.default_rng(0)
+    rows = [TF.color_params(TF.sample_color(TF.Augment(), rng)) if color else TF.NO_COLOR
+            for _ in range(b)]  # fmt: skip
+    batch = TrainBatch(images, labels, torch.tensor(rows))
+    batches = iter(lambda: (0, 1, batch), None)
     stats = torch.zeros(3, device=device)
     torch.cuda.reset_peak_memory_stats()
     for i in range(warm + steps):
@@ -201,6 +212,9 @@ def main() -> None:
         cfg = compose("train", [*base, f"data.batch_size={batch}"])
         bare, peak = bare_rate(cfg, classes, steps, warm)
         rows.append(("bare forward+backward+step", batch, bare, peak, 1.0))
+        print(rows[-1], flush=True)
+        colored, peak = bare_rate(cfg, classes, steps, warm, color=True)
+        rows.append(("bare + the paper's colour on the GPU", batch, colored, peak, colored / bare))
         print(rows[-1], flush=True)
         for decode in DECODERS:
             what = f"full loop, data.decode={decode}"

@@ -19,7 +19,8 @@
 #
 # Env: SEEDS (comma-separated, default 0,1,2), EXPERIMENTS (space-separated, default all of the
 # above), MAX_IMAGES (per run), EVAL_EVERY, OUT (run folders), RESULTS (report folder), BIN (venv
-# bin). Arguments: extra Hydra overrides for every run. Writes <RESULTS>/proxy_run.json: the command, seeds, each run's exit status and wall time.
+# bin). Arguments: extra Hydra overrides for every run. Writes <RESULTS>/proxy_run.json: the command,
+# its wall time and commit, each run's experiment, seed, exit status and seconds (run_lib.sh).
 set -euo pipefail
 SEEDS=${SEEDS:-0,1,2}
 MAX_IMAGES=${MAX_IMAGES:-48000}
@@ -33,41 +34,25 @@ if [ -z "${EXPERIMENTS:-}" ]; then
   CONFIGS=$(cd "$(dirname "$0")/../configs" && pwd)
   if [ -f "$CONFIGS/experiment/inception_x5.yaml" ]; then EXPERIMENTS="$EXPERIMENTS inception_x5"; fi
 fi
-case "$SEEDS" in '' | *[!0-9,]*) echo "proxy_fig23: SEEDS must be like 0,1,2, got '$SEEDS'" >&2; exit 2 ;; esac
+source "$(dirname "$0")/run_lib.sh"
+check_seeds proxy_fig23 "$SEEDS"
 
 mkdir -p "$OUT/logs" "$RESULTS"
 start=$(date +%s)
-runs=()  # "experiment seed exit_status seconds", one per run
-failed=0
 for experiment in $EXPERIMENTS; do
   for seed in ${SEEDS//,/ }; do
-    log="$OUT/logs/${experiment}_seed${seed}.log"
-    t0=$(date +%s)
-    status=0
-    "$BIN/bnrepro-train" "experiment=$experiment" "seed=$seed" \
+    train_run "$OUT/logs/${experiment}_seed${seed}.log" "experiment=$experiment seed=$seed" \
+      "experiment=$experiment" "seed=$seed" \
       trainer.max_images="$MAX_IMAGES" trainer.eval_every_images="$EVAL_EVERY" \
-      trainer.ckpt_every_images="$MAX_IMAGES" runtime.progress=false out_dir="$OUT" "$@" \
-      >"$log" 2>&1 || status=$?
-    seconds=$(($(date +%s) - t0))
-    echo "$experiment seed $seed: exit $status in ${seconds} s (log: $log)"
-    [ "$status" -eq 0 ] || failed=$((failed + 1))
-    runs+=("$experiment $seed $status $seconds")
+      trainer.ckpt_every_images="$MAX_IMAGES" runtime.progress=false out_dir="$OUT" "$@"
+    [ "$STATUS" -eq 0 ] || FAILED=$((FAILED + 1))
   done
 done
 
 "$BIN/bnrepro-report" "$OUT" --out "$RESULTS" \
   --title "CPU proxy: synthetic 10 classes, 64 px, width 1/4, $MAX_IMAGES images per run, seeds $SEEDS"
 wall=$(($(date +%s) - start))
-"$BIN/python" - "$RESULTS/proxy_run.json" "$wall" "SEEDS=$SEEDS MAX_IMAGES=$MAX_IMAGES EVAL_EVERY=$EVAL_EVERY ${GIVEN_EXPERIMENTS:+EXPERIMENTS='$GIVEN_EXPERIMENTS' }OUT=$OUT RESULTS=$RESULTS scripts/proxy_fig23.sh $*" "${runs[@]}" <<'PY'
-import json, sys
-
-path, wall, command, *runs = sys.argv[1:]
-rows = [dict(zip(("experiment", "seed", "exit_status", "seconds"), r.split())) for r in runs]
-for r in rows:
-    r.update(seed=int(r["seed"]), exit_status=int(r["exit_status"]), seconds=int(r["seconds"]))
-failed = [r for r in rows if r["exit_status"]]
-summary = {"command": command, "wall_seconds": int(wall), "failed_runs": len(failed), "runs": rows}
-open(path, "w").write(json.dumps(summary, indent=2) + "\n")
-PY
-echo "proxy done in $wall s ($failed failed runs); report in $RESULTS"
-[ "$failed" -eq 0 ]
+write_record "$RESULTS/proxy_run.json" "$wall" \
+  "SEEDS=$SEEDS MAX_IMAGES=$MAX_IMAGES EVAL_EVERY=$EVAL_EVERY ${GIVEN_EXPERIMENTS:+EXPERIMENTS='$GIVEN_EXPERIMENTS' }OUT=$OUT RESULTS=$RESULTS scripts/proxy_fig23.sh $*"
+echo "proxy done in $wall s ($FAILED failed runs); report in $RESULTS"
+[ "$FAILED" -eq 0 ]

@@ -18,24 +18,31 @@ def pytest_collection_modifyitems(config, items) -> None:
 
 # ---------------------------------------------------------------- training loop (issue 4)
 
-TINY_TRAIN = [  # a CPU-second-sized run: width 1/8, 32 px, 160 synthetic images, 6 steps of 16
-    "model.width_mult=0.125",
+TINY_TREE = [  # the tests' synthetic tree, made once per session: 160 train, 40 val, 36-56 px
     "data.synthetic.train_per_class=16",
     "data.synthetic.val_per_class=4",
     "data.synthetic.min_side=36",
     "data.synthetic.max_side=56",
-    "data.train_crop=32",
-    "data.eval_resize=36",
-    "data.eval_crop=32",
-    "data.batch_size=16",
-    "data.num_workers=0",
-    "trainer.max_images=96",
-    "trainer.eval_every_images=48",
-    "trainer.ckpt_every_images=48",
-    "trainer.log_every_images=16",
-    "runtime.progress=false",
-    "logger.wandb.mode=disabled",
 ]
+# A CPU-second-sized run: debug=tiny (configs/debug/tiny.yaml: width 1/8, 32 px, batches of 16,
+# 96 images = 6 steps, evaluated and checkpointed every 48) on that tree, no W&B.
+TINY_TRAIN = ["debug=tiny", *TINY_TREE, "logger.wandb.mode=disabled"]
+
+
+def _tiny_data() -> list[str]:
+    """debug=tiny's data.* values as overrides, for the configs that have no debug group
+    (bnrepro-ensemble's): the tests' tree read as the tiny runs read it."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from bnrepro.config import CONFIG_DIR
+
+    tiny = OmegaConf.load(Path(CONFIG_DIR, "debug", "tiny.yaml"))
+    return [f"data.{key}={value}" for key, value in tiny.data.items()] + TINY_TREE
+
+
+TINY_DATA = _tiny_data()
 
 
 def cpu_runtime(data_cfg, *, channels_last: bool = False):

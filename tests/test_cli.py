@@ -55,11 +55,23 @@ def test_hydras_own_refusals_are_one_line_too(tmp_path):
         (["runtime.amp=fp17"], ["runtime.amp='fp17'", "one of auto, none, bf16, fp16"]),
         (["data.batch_size=0"], ["data.batch_size=0", "an integer >= 1"]),
         (["optim.lr=nan"], ["optim.lr=nan", "a number > 0"]),  # invalid input, not divergence
+        # issue 24: a misspelled option or config group gets the nearest one too
+        (
+            ["experiment=bn_x31"],
+            [
+                "experiment=bn_x31 is not an option of experiment",
+                "(did you mean experiment=bn_x30?)",
+                "bn_baseline, bn_x30",
+            ],
+        ),
+        (["data=imagnet"], ["(did you mean data=imagenet?)", "imagenet, mnist, synthetic"]),
+        (["expriment=bn_x30"], ["expriment is not a config key (did you mean experiment?)"]),
     ],
 )
 def test_bad_values_are_one_line_before_anything_is_written(tmp_path, args, words):
     """Issue 19: each one line, exit 2, no traceback, nothing written (`+optim.lrr` trained with
-    the key ignored, `data.batch_size=0` ended in a traceback)."""
+    the key ignored, `data.batch_size=0` ended in a traceback). Issue 24: an unknown option
+    (experiment=bn_x31) was Hydra's list of options alone, without the one meant."""
     out = command("bnrepro-train", *args, f"out_dir={tmp_path}")
     assert_one_line(out, EXIT_USER_ERROR, "bnrepro-train: error:", *words)
     assert not any(p.is_file() for p in tmp_path.rglob("*"))

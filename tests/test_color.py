@@ -2,14 +2,18 @@
 here independently: per pixel, with Python's colorsys (the hexcone HSV model that
 tf.image.adjust_hue/adjust_saturation use) plus TF's own rules (S = 0 where V <= 0; S clipped to
 [0, 1] after scaling; the hue turned by delta modulo 1), per-channel means for contrast, and
-TF-slim's inception_preprocessing.distort_color for the orderings and ranges."""
+TF-slim's inception_preprocessing.distort_color for the orderings and ranges. The batched path
+the training process runs on its device (transforms.distort_color_batch inside
+engine.Runtime.inputs) is held to the same references, and to the per-image path."""
 
 import colorsys
 
 import numpy as np
 import pytest
 import torch
+from conftest import cpu_runtime
 
+from bnrepro.config import compose
 from bnrepro.data import transforms as T
 
 TF_SLIM_ORDERINGS = [  # distort_color(fast_mode=False), color_ordering 0-3
@@ -100,6 +104,13 @@ def test_a_whole_distortion_is_the_four_operations_in_order_clipped_once(orderin
     ours = T.apply_color(torch.from_numpy(img).to(torch.uint8), ops)
     assert ours.dtype == torch.uint8
     assert np.abs(ours.numpy() - expected).max() <= 0.5 + 1e-3  # rounded to the nearest level
+    # The batched path, as the training process runs it: the same ops, unrounded.
+    batch = torch.from_numpy(img).float()[None].repeat(3, 1, 1, 1)
+    color = torch.tensor([T.color_params(ops), T.NO_COLOR, T.color_params(ops)])
+    batched = T.distort_color_batch(batch, color).clamp_(0, 255).double().numpy()
+    np.testing.assert_allclose(batched[0], expected, atol=2e-3)
+    np.testing.assert_allclose(batched[2], expected, atol=2e-3)
+    np.testing.assert_array_equal(batched[1], img)  # no colour: untouched
 
 
 @pytest.mark.parametrize("strength", [0.5, 1.0])
@@ -118,12 +129,47 @@ def test_sampling_follows_distort_color_orderings_and_ranges(strength):
     assert T.sample_color(T.Augment(color_strength=0), rng) == ()
 
 
-def test_a_batch_gets_the_same_colours_as_one_image_at_a_time():
-    """The GPU path's batched colour (apply_color_batch) equals the CPU path's, image by image."""
+def test_color_params_are_the_ops_as_a_row():
+    rng = np.random.default_rng(5)
+    for strength in (0.0, 0.5, 1.0, 2.0):
+        for _ in range(20):
+            ops = T.sample_color(T.Augment(color_strength=strength), rng)
+            row = T.color_params(ops)
+            assert len(row) == len(T.COLOR_COLUMNS)
+            back = T.color_ops(row)
+            assert [n for n, _ in back] == [n for n, _ in ops]
+            assert [v for _, v in back] == pytest.approx([v for _, v in ops])
+    assert T.color_params(()) == T.NO_COLOR and T.color_ops(T.NO_COLOR) == ()
+    with pytest.raises(ValueError):  # an order that is none of distort_color's four
+        T.color_params((("hue", 0.1), ("brightness", 3.0), ("contrast", 1.1), ("saturation", 1.0)))
+
+
+@pytest.mark.parametrize("channels_last, chunk", [(False, None), (True, None), (False, 5)])
+def test_the_device_colour_of_a_batch_is_the_per_image_colour(channels_last, chunk, monkeypatch):
+    """engine.Runtime.inputs on a batch of every ordering and strengths 0-2 (TF-slim's range x2,
+    colour-less rows among them) gives, image by image, the per-image reference's colour
+    (transforms.apply_color on the same parameters), normalised: within the reference's rounding
+    to uint8 levels (half a level). Whole (a GPU's way) or in chunks of 5 images (the CPU's)."""
+    if chunk:
+        monkeypatch.setattr(T, "CPU_COLOR_CHUNK_BYTES", chunk * 3 * 10 * 10 * 4)
     rng = np.random.default_rng(3)
-    batch = torch.from_numpy(rng.integers(0, 256, (6, 3, 10, 10), dtype=np.uint8))
-    ops = [T.sample_color(T.Augment(), rng) for _ in range(5)] + [()]
-    expected = torch.stack([T.apply_color(img, o) for img, o in zip(batch, ops, strict=True)])
-    T.apply_color_batch(batch, ops)
-    assert (batch.int() - expected.int()).abs().max() <= 1  # float rounding at .5 only
-    assert torch.equal(batch[-1], expected[-1])  # no ops: untouched
+    strengths = [0.0, 0.5, 1.0, 2.0]
+    ops = [T.sample_color(T.Augment(color_strength=strengths[k % 4]), rng) for k in range(24)]
+    assert {tuple(n for n, _ in o) for o in ops} == {*T.COLOR_ORDERINGS, ()}
+    images = torch.from_numpy(rng.integers(0, 256, (24, 3, 10, 10), dtype=np.uint8))
+    images[:, :, :2] = images[:, :1, :2]  # grey pixels
+    color = torch.tensor([T.color_params(o) for o in ops])
+    data_cfg = compose("train", ["data=imagenet"]).data
+    runtime = cpu_runtime(data_cfg, channels_last=channels_last)
+    inputs = runtime.inputs(images, color)
+    assert inputs.is_contiguous(
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format
+    )
+    pixels = inputs * runtime.std + runtime.mean  # back to 0-255
+    expected = torch.stack([T.apply_color(im, o) for im, o in zip(images, ops, strict=True)])
+    assert (pixels - expected.float()).abs().max() <= 0.5 + 1e-3
+    plain = [k for k, o in enumerate(ops) if not o]
+    assert torch.allclose(pixels[plain], images[plain].float(), atol=1e-3)
+    # The same images without colour: the plain normalisation.
+    assert torch.equal(runtime.inputs(images, torch.tensor([T.NO_COLOR] * 24)),
+                       runtime.inputs(images))  # fmt: skip

@@ -26,6 +26,15 @@ ADDED = {"runtime.dist_timeout_s": 600,  # issue 15: DDP hang timeout
          "data.train_size": None, "data.val_size": None}  # fmt: skip
 ADDED_BY_DATA = {"imagenet": {"data.train_size": 1_281_167, "data.val_size": 50_000},
                  "mnist": {"data.train_size": 4_000, "data.val_size": 1_000}}  # fmt: skip
+# Issue 24: a -m sweep's keys in the run name (empty otherwise), and W&B's own environment
+# variables as the logger's defaults (which, unset, are the values from before).
+SWEEP_TAG = ("_seed${seed}", "${sweep_tag:}_seed${seed}")
+WANDB_ENV = {"logger.wandb.project": "${oc.env:WANDB_PROJECT,bnrepro}",
+             "logger.wandb.entity": "${oc.env:WANDB_ENTITY,null}",
+             "logger.wandb.name": "${oc.env:WANDB_NAME,null}",
+             "logger.wandb.group": "${oc.env:WANDB_RUN_GROUP,${experiment_name}}",
+             "logger.wandb.tags": "${comma_list:${oc.env:WANDB_TAGS,null}}",
+             "logger.wandb.notes": "${oc.env:WANDB_NOTES,null}"}  # fmt: skip
 # ... and each experiment's own ImageNet budget (the CPU scales keep theirs), in images.
 BUDGETS = {"inception": 1_120_000_000, "bn_baseline": 512_000_000, "bn_x5": 320_000_000,
            "bn_x30": 320_000_000, "bn_x5_sigmoid": 320_000_000,
@@ -53,6 +62,8 @@ def expected(case: str) -> dict:
     for old in REMOVED:
         values.pop(old)
     values.update(ADDED)
+    values["run_name"] = values["run_name"].replace(*SWEEP_TAG)
+    values.update(WANDB_ENV)
     experiment, _, data = case.partition("/")
     values.update(ADDED_BY_DATA.get(data, {}))
     if data == "imagenet":

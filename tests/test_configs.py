@@ -139,7 +139,7 @@ def test_cli_prints_composed_config():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("experiment=bn_x31", "Could not find 'experiment/bn_x31'"),
+        ("experiment=bn_x31", "experiment=bn_x31 is not an option of experiment"),
         ("optim.lrr=0.1", "optim.lrr is not a config key (did you mean optim.lr?)"),
     ],
 )

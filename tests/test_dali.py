@@ -1,6 +1,6 @@
 """data.decode=dali (bnrepro/data/dali.py) on DALI's CPU backend: the CPU loader's labels, order,
-sharding and resume position, its crops and flips (read back from the pixels), its colour, and
-the centre crop at evaluation. Needs the `dali` extra (pip install -e '.[dali]'; CI installs it).
+sharding and resume position, its crops and flips (read back from the pixels), its colour
+parameters (applied later on the device, as for every loader), and the centre crop at evaluation. Needs the `dali` extra (pip install -e '.[dali]'; CI installs it).
 """
 
 from __future__ import annotations
@@ -83,8 +83,8 @@ def test_the_switch_builds_dali_loaders(tree):
 @needs_dali
 @pytest.mark.parametrize("world_size", [1, 2])
 def test_labels_order_and_shards_are_the_cpu_loaders(tree, world_size):
-    """Same seeds: every rank gets the CPU loader's labels in its order, and nearly its pixels
-    (colour on: the same TF-slim ops on the same crops; decoders and resizers differ slightly)."""
+    """Same seeds: every rank gets the CPU loader's labels and colour parameters in its order,
+    and nearly its pixels (the same crops; decoders and resizers differ slightly)."""
     cpu_cfg = dali_cfg(tree, "data.augment.color_strength=0.5", "data.batch_size=2")
     cfg = dali_cfg(tree, "data.augment.color_strength=0.5", "data.batch_size=2", "data.decode=dali")
     ds, _, _ = D.build_datasets(cfg)
@@ -93,9 +93,9 @@ def test_labels_order_and_shards_are_the_cpu_loaders(tree, world_size):
             dali = batches(cfg, ds, epoch=epoch, rank=rank, world_size=world_size)
             cpu = batches(cpu_cfg, ds, epoch=epoch, rank=rank, world_size=world_size)
             assert len(dali) == len(cpu) == 24 // world_size // 2
-            for (x, y), (u, v) in zip(dali, cpu, strict=True):
+            for (x, y, c), (u, v, w) in zip(dali, cpu, strict=True):
                 assert x.shape == u.shape == (2, 3, 32, 32) and x.dtype == torch.uint8
-                assert torch.equal(y, v)
+                assert torch.equal(y, v) and torch.equal(c, w)
                 assert (x.float() - u.float()).abs().mean() < 4
 
 
@@ -106,8 +106,8 @@ def test_resume_position_is_the_cpu_loaders(tree):
     whole = batches(cfg, ds, epoch=2)
     resumed = batches(cfg, ds, epoch=2, start_image=3 * cfg.batch_size)  # after 3 batches
     assert len(resumed) == len(whole) - 3
-    for (x, y), (u, v) in zip(whole[3:], resumed, strict=True):
-        assert torch.equal(x, u) and torch.equal(y, v)  # DALI itself draws nothing: exact
+    for one, other in zip(whole[3:], resumed, strict=True):  # DALI itself draws nothing: exact
+        assert all(torch.equal(a, b) for a, b in zip(one, other, strict=True))
 
 
 def read_box(image: torch.Tensor, width: int, height: int) -> tuple[float, float, bool]:
@@ -135,7 +135,7 @@ def test_crop_area_aspect_and_flip_rates_match_the_cpu_loader(tree):
         sampler.set_epoch(epoch)
         order = [i for i, _, _ in sampler]
         for name, c in (("dali", cfg), ("cpu", cpu_cfg)):
-            images = torch.cat([x for x, _ in batches(c, ds, epoch=epoch)])
+            images = torch.cat([b.images for b in batches(c, ds, epoch=epoch)])
             stats[name] += [read_box(im, *sizes[i]) for im, i in zip(images, order, strict=True)]
     dali, cpu = np.array(stats["dali"]), np.array(stats["cpu"])
     assert (dali[:, 2] == cpu[:, 2]).all()  # every flip is the CPU loader's
@@ -171,7 +171,7 @@ def test_unreadable_files_go_through_the_cpu_path(tree, tmp_path):
     with pytest.warns(UserWarning, match="skipping unreadable image"):
         dali = batches(cfg, ds, epoch=0)
     cpu = batches(dali_cfg(str(root)), D.build_datasets(dali_cfg(str(root)))[0], epoch=0)
-    assert [y.tolist() for _, y in dali] == [y.tolist() for _, y in cpu]
+    assert [b.labels.tolist() for b in dali] == [b.labels.tolist() for b in cpu]
     assert D.skipped_files(ds) >= 1
 
 
@@ -204,8 +204,9 @@ def test_a_file_dali_refuses_goes_through_the_cpu_path_from_then_on(tree, tmp_pa
         pipes.append(loader.pipe)
         cpu = batches(cpu_cfg, ds, epoch=epoch)
         at = order.index(index)
-        for b, ((x, y), (u, v)) in enumerate(zip(dali, cpu, strict=True)):
-            assert torch.equal(y, v) and (x.float() - u.float()).abs().mean() < 4
+        for b, ((x, y, c), (u, v, w)) in enumerate(zip(dali, cpu, strict=True)):
+            assert torch.equal(y, v) and torch.equal(c, w)
+            assert (x.float() - u.float()).abs().mean() < 4
             if b == at // 4:  # its batch: the GIF is the CPU path's image, the others DALI's
                 assert torch.equal(x[at % 4], u[at % 4])
                 assert not all(torch.equal(x[k], u[k]) for k in range(4) if k != at % 4)

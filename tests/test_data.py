@@ -82,6 +82,33 @@ def write_devkit(devkit, ids: dict[str, int], truth: list[int]) -> None:
 DEVKIT_IDS = {"n03000003": 1, "n01000002": 2, "n02000001": 3}
 
 
+def write_tars(root, tmp_path):
+    """The image-folder tree `root` as ImageNet's original tars in tmp_path/tars: (that folder,
+    val image name -> wnid, torchvision's ARCHIVE_META with these files' MD5s)."""
+    import torchvision.datasets.imagenet as tv
+
+    tars = tmp_path / "tars"
+    tars.mkdir()
+    staging = tmp_path / "staging"
+    truth = flat_val(shutil.copytree(root, staging), DEVKIT_IDS)
+    with tarfile.open(tars / "ILSVRC2012_img_train.tar", "w") as outer:
+        for wnid in WNIDS:
+            inner = staging / f"{wnid}.tar"
+            with tarfile.open(inner, "w") as t:
+                for f in sorted((staging / "train" / wnid).iterdir()):
+                    t.add(f, arcname=f.name)
+            outer.add(inner, arcname=inner.name)
+    with tarfile.open(tars / "ILSVRC2012_img_val.tar", "w") as t:
+        for f in sorted((staging / "val").iterdir()):
+            t.add(f, arcname=f.name)
+    with tarfile.open(tars / "ILSVRC2012_devkit_t12.tar.gz", "w:gz") as t:
+        t.add(staging / layouts.DEVKIT, arcname=layouts.DEVKIT)
+    md5 = {
+        k: hashlib.md5((tars / n).read_bytes()).hexdigest() for k, (n, _) in tv.ARCHIVE_META.items()
+    }
+    return tars, truth, {k: (n, md5[k]) for k, (n, _) in tv.ARCHIVE_META.items()}
+
+
 def test_layouts_give_every_image_the_same_label(image_folder_tree, tmp_path, monkeypatch):
     root, classes = image_folder_tree
     train, val, got_classes = D.find_imagenet(root)
@@ -103,31 +130,10 @@ def test_layouts_give_every_image_the_same_label(image_folder_tree, tmp_path, mo
             assert classes[y] == truth[f.decode().split("/")[-1][:-5]]
 
     # 3. The original tars, unpacked by torchvision.datasets.ImageNet.
-    tars = tmp_path / "tars"
-    tars.mkdir()
-    truth = flat_val(shutil.copytree(root, tmp_path / "staging"), DEVKIT_IDS)
-    staging = tmp_path / "staging"
-    with tarfile.open(tars / "ILSVRC2012_img_train.tar", "w") as outer:
-        for wnid in WNIDS:
-            inner = staging / f"{wnid}.tar"
-            with tarfile.open(inner, "w") as t:
-                for f in sorted((staging / "train" / wnid).iterdir()):
-                    t.add(f, arcname=f.name)
-            outer.add(inner, arcname=inner.name)
-    with tarfile.open(tars / "ILSVRC2012_img_val.tar", "w") as t:
-        for f in sorted((staging / "val").iterdir()):
-            t.add(f, arcname=f.name)
-    with tarfile.open(tars / "ILSVRC2012_devkit_t12.tar.gz", "w:gz") as t:
-        t.add(staging / layouts.DEVKIT, arcname=layouts.DEVKIT)
+    tars, truth, archive_meta = write_tars(root, tmp_path)
     import torchvision.datasets.imagenet as tv
 
-    md5 = {
-        k: hashlib.md5((tars / name).read_bytes()).hexdigest()
-        for k, (name, _) in tv.ARCHIVE_META.items()
-    }
-    monkeypatch.setattr(
-        tv, "ARCHIVE_META", {k: (n, md5[k]) for k, (n, _) in tv.ARCHIVE_META.items()}
-    )
+    monkeypatch.setattr(tv, "ARCHIVE_META", archive_meta)
     for _ in range(2):  # unpacks once; the second time it reads the unpacked folders (layout 1)
         tr, va, cl = D.find_imagenet(tars)
         assert cl == classes
@@ -218,7 +224,7 @@ def test_bad_files_are_skipped_counted_and_warned_once(image_folder_tree, worker
         warnings.simplefilter("always")
         for epoch in range(2):  # the second epoch must not warn again
             loader.sampler.set_epoch(epoch)
-            batches = [x for x, _ in loader]
+            batches = [batch.images for batch in loader]
     assert len(batches) == len(train_ds) // 4 and all(b.shape == (4, 3, 32, 32) for b in batches)
     assert D.skipped_files(train_ds) == 3  # counted across worker processes
     if workers == 0:  # a worker's warnings go to its own stderr, out of this process's reach
@@ -263,9 +269,10 @@ def jpeg(size, mode="RGB", fmt="JPEG") -> bytes:
     ids=["imagenet-sized", "smaller-than-crop", "grey", "cmyk", "png"],
 )
 def test_transforms_give_uint8_rgb_of_the_crop_size(data):
-    out = T.TrainTransform(48, T.Augment())(data, np.random.default_rng(1))
+    out, color = T.TrainTransform(48, T.Augment())(data, np.random.default_rng(1))
     assert out.shape == (3, 48, 48) and out.dtype == torch.uint8 and out.is_contiguous()
     assert 0 < out.float().std() and out.max() <= 255
+    assert len(color) == len(T.COLOR_COLUMNS) and color[0] in (0, 1, 2, 3)
     out = T.EvalTransform(56, 48)(data)
     assert out.shape == (3, 48, 48) and out.dtype == torch.uint8
 
@@ -331,12 +338,14 @@ def test_eval_is_a_centre_crop_of_the_shorter_side_resize():
 def epoch_batches(cfg, ds, epoch, start_image=0, seed=0, rank=0, world_size=1):
     loader = D.build_train_loader(cfg, ds, seed=seed, rank=rank, world_size=world_size)
     loader.sampler.set_epoch(epoch, start_image)
-    return [(x, y) for x, y in loader]
+    return list(loader)
 
 
 def same(a, b) -> bool:
+    """The same TrainBatches: images, labels and colour parameters."""
     return len(a) == len(b) and all(
-        torch.equal(x, u) and torch.equal(y, v) for (x, y), (u, v) in zip(a, b, strict=True)
+        all(torch.equal(x, u) for x, u in zip(one, other, strict=True))
+        for one, other in zip(a, b, strict=True)
     )
 
 
@@ -350,6 +359,47 @@ def test_augmentation_is_reproducible_from_the_seed_at_any_worker_count(image_fo
     assert same(base, epoch_batches(cfg1, D.build_datasets(cfg1)[0], epoch=1))
     assert not same(base, epoch_batches(cfg, ds, epoch=2))
     assert not same(base, epoch_batches(cfg, ds, epoch=1, seed=1))
+
+
+@pytest.mark.parametrize("shuffle", ["full", "shards"])
+def test_a_samples_augmentation_is_its_own_at_any_worker_count_and_resume_point(
+    image_folder_tree, shuffle
+):
+    """The crop, flip and colour of (seed, epoch, index) are that sample's whatever serves it:
+    0, 1 and 2 workers, from the start of the epoch or resumed 2 batches into it, give each
+    sample the same uint8 image, the same colour parameters and the same model input (colour
+    applied on the device), all equal to the dataset's own item for that key."""
+    root, _ = image_folder_tree
+    runtime = cpu_runtime(data_cfg(root))
+
+    def by_sample(workers: int, start_image: int = 0) -> dict:
+        cfg = data_cfg(root, f"data.shuffle={shuffle}", "data.shard_size=8",
+                       f"data.num_workers={workers}", "data.augment.color_strength=1.0")  # fmt: skip
+        ds, _, _ = D.build_datasets(cfg)
+        loader = D.build_train_loader(cfg, ds, seed=3, rank=0, world_size=1)
+        loader.sampler.set_epoch(2, start_image)
+        keys = list(loader.sampler)
+        samples = {}
+        for k, batch in enumerate(loader):
+            inputs = runtime.inputs(batch.images, batch.color)
+            for j, label in enumerate(batch.labels):
+                key = keys[4 * k + j]
+                samples[key] = (batch.images[j], label, batch.color[j], inputs[j])
+        return samples
+
+    reference = by_sample(0)
+    assert len(reference) == 24 and all(key[1:] == (2, 3) for key in reference)
+    assert sum(color[0] >= 0 for _, _, color, _ in reference.values()) == 24  # all coloured
+    ds, _, _ = D.build_datasets(data_cfg(root, "data.augment.color_strength=1.0"))
+    for key, (image, label, color, _) in reference.items():
+        own_image, own_label, own_color = ds[key]
+        assert torch.equal(image, own_image) and label == own_label
+        assert color.tolist() == pytest.approx(own_color)
+    for workers, start_image in ((1, 0), (2, 0), (0, 8), (2, 8)):
+        served = by_sample(workers, start_image)
+        assert len(served) == 24 - start_image
+        for key, values in served.items():
+            assert all(torch.equal(a, b) for a, b in zip(values, reference[key], strict=True))
 
 
 @pytest.mark.parametrize("shuffle", ["full", "shards"])
@@ -505,9 +555,8 @@ def test_device_decode_remembers_the_files_it_refuses(image_folder_tree, monkeyp
         order = [i for i, _, _ in loader.sampler]
         at = order.index(index)  # the PNG's image is the CPU path's, exactly
         assert torch.equal(device_batches[at // 4][0][at % 4], cpu_batches[at // 4][0][at % 4])
-        assert all(
-            torch.equal(y, v) for (_, y), (_, v) in zip(device_batches, cpu_batches, strict=True)
-        )
+        for device, cpu in zip(device_batches, cpu_batches, strict=True):
+            assert torch.equal(device.labels, cpu.labels) and torch.equal(device.color, cpu.color)
         if epoch == 0:
             assert len(calls) == 4  # its batch, one by one
     assert len(calls) == 4  # epoch 1: never offered to the decoder again
@@ -528,8 +577,9 @@ def test_device_decode_path_matches_the_cpu_path(image_folder_tree):
         device_batches = list(D.DeviceDecodeLoader(cfg, ds, sampler, device="cpu"))
     cpu_batches = epoch_batches(cfg, ds, epoch=1)
     assert len(device_batches) == len(cpu_batches)
-    for (x, y), (u, v) in zip(device_batches, cpu_batches, strict=True):
+    for (x, y, c), (u, v, w) in zip(device_batches, cpu_batches, strict=True):
         assert torch.equal(y, v) and x.shape == u.shape and x.dtype == torch.uint8
+        assert torch.equal(c, w)  # the same colour, applied later on the device
         assert (x.float() - u.float()).abs().mean() < 12
     assert D.skipped_files(ds) == 2
 
@@ -541,8 +591,9 @@ def test_mnist_data():
     cfg = compose("train", ["data=mnist"]).data
     train_ds, val_ds, classes = D.build_datasets(cfg)
     assert classes == [str(d) for d in range(10)] and len(train_ds) >= 4000
-    x, y = next(iter(D.build_train_loader(cfg, train_ds, seed=0, rank=0, world_size=1)))
+    x, y, color = next(iter(D.build_train_loader(cfg, train_ds, seed=0, rank=0, world_size=1)))
     assert x.shape == (60, 1, 32, 32) and x.dtype == torch.uint8 and x.max() > 200
     assert 0 <= int(y.min()) and int(y.max()) <= 9
+    assert (color == torch.tensor(T.NO_COLOR)).all()  # MNIST: no augmentation
     x, _ = next(iter(D.build_val_loader(cfg, val_ds, rank=0, world_size=1)))
     assert cpu_runtime(cfg).inputs(x).shape == (60, 1, 32, 32)

@@ -119,8 +119,8 @@ def test_default_synthetic_classes_are_learnable_but_not_trivial(tmp_path):
     step, acc = 0, {}
     for epoch in range(3):
         loader.sampler.set_epoch(epoch)
-        for x, y in loader:
-            loss = nn.functional.cross_entropy(net(runtime.inputs(x)), y)
+        for x, y, color in loader:
+            loss = nn.functional.cross_entropy(net(runtime.inputs(x, color)), y)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from conftest import TINY_TRAIN, cpu_runtime
+from conftest import TINY_DATA, TINY_TRAIN, cpu_runtime
 from omegaconf import OmegaConf
 from sklearn.metrics import top_k_accuracy_score
 
@@ -29,7 +29,7 @@ from bnrepro.evaluation import ensemble
 from bnrepro.evaluation.crops import cut_crops
 from bnrepro.schema import EnsembleSchema, check
 
-DATA = [o for o in TINY_TRAIN if o.startswith("data.")]  # the same tree as the trainer's tests
+DATA = TINY_DATA  # the same tree, read as the trainer's tests read it
 WIDTH = 0.125
 MEMBERS = 6
 

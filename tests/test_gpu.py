@@ -61,9 +61,9 @@ def cuda_step(tiny_overrides: list[str], *options: str):
     # A small initial scale: no genuine overflow in the first steps of a fresh network.
     fp16 = runtime.amp_dtype == torch.float16
     scaler = torch.amp.GradScaler("cuda", init_scale=1024.0, enabled=fp16)
-    images, labels = next(iter(dat.train_loader))
-    batches = iter(lambda: (0, 1, images, labels), None)
-    return model, optimizer, scaler, runtime, batches, images
+    batch = next(iter(dat.train_loader))
+    batches = iter(lambda: (0, 1, batch), None)
+    return model, optimizer, scaler, runtime, batches, batch.images
 
 
 def params_of(model: torch.nn.Module) -> list[torch.Tensor]:
@@ -120,6 +120,25 @@ def test_channels_last_gives_the_same_logits(tiny_overrides, no_tf32):
         x = last.inputs(images)
         assert x.is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(model(x), plain, rtol=1e-4, atol=1e-4)
+
+
+def test_the_colour_on_the_gpu_is_the_cpus(no_tf32):
+    """Runtime.inputs on CUDA (the whole batch, one pass per ordering) and on the CPU (in chunks)
+    give the same coloured, normalised inputs, for every ordering and a colour-less row."""
+    from conftest import cpu_runtime
+
+    from bnrepro.data import transforms as TF
+
+    cfg = compose("train", ["data=imagenet", *CUDA, *FP32, "runtime.channels_last=true"])
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(rng.integers(0, 256, (16, 3, 64, 64), dtype=np.uint8))
+    color = torch.tensor([TF.color_params(TF.sample_color(TF.Augment(color_strength=s), rng))
+                          for s in [0, 0.5, 1, 2] * 4])  # fmt: skip
+    on_gpu = engine.build_runtime(cfg.runtime, cfg.data, torch.device("cuda"))
+    x = on_gpu.inputs(images.cuda(), color)
+    assert x.is_cuda and x.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(x.cpu(), cpu_runtime(cfg.data).inputs(images, color),
+                               rtol=1e-4, atol=1e-4)  # fmt: skip
 
 
 def straight_and_resumed(overrides: list[str], tmp_path, run_name: str) -> tuple[dict, dict]:
@@ -215,8 +234,8 @@ def test_decode_gpu_takes_the_cpu_paths_crops(image_folder_tree):
     on_gpu = list(loader)
     on_cpu = epoch_batches(cfg, ds, epoch=1)
     assert len(on_gpu) == len(on_cpu)
-    for (x, y), (u, v) in zip(on_gpu, on_cpu, strict=True):
-        assert x.is_cuda and x.dtype == torch.uint8 and torch.equal(y, v)
+    for (x, y, c), (u, v, w) in zip(on_gpu, on_cpu, strict=True):
+        assert x.is_cuda and x.dtype == torch.uint8 and torch.equal(y, v) and torch.equal(c, w)
         assert (x.cpu().float() - u.float()).abs().mean() < 12  # decoders differ, crops do not
 
 
@@ -234,8 +253,9 @@ def test_dali_on_cuda_takes_the_cpu_backends_crops(tmp_path):
         on_gpu = list(DaliLoader(cfg, dataset, sampler, device="cuda", drop_last=False))
         on_cpu = list(DaliLoader(cfg, dataset, sampler, device="cpu", drop_last=False))
         assert len(on_gpu) == len(on_cpu) > 0
-        for (x, y), (u, v) in zip(on_gpu, on_cpu, strict=True):
-            assert x.is_cuda and torch.equal(y, v)
+        for on_cuda, on_host in zip(on_gpu, on_cpu, strict=True):  # train: + colour params
+            (x, y, *c), (u, v, *w) = on_cuda, on_host
+            assert x.is_cuda and torch.equal(y, v) and all(map(torch.equal, c, w))
             assert (x.cpu().float() - u.float()).abs().mean() < 3  # nvJPEG vs libjpeg-turbo
 
 

@@ -24,6 +24,8 @@ def test_wheel_holds_every_config_and_the_entry_points(tmp_path):
     (wheel,) = tmp_path.glob("bnrepro-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "bnrepro/_build.json" in names
+    assert "hydra_plugins/bnrepro_launcher/launcher.py" in names  # hydra/launcher=slurm's class
+    assert "hydra_plugins/__init__.py" not in names  # a namespace shared with other plugins
     yaml_files = {p.relative_to(REPO).as_posix() for p in (REPO / "configs").rglob("*.yaml")}
     assert yaml_files and {f"bnrepro/{f}" for f in yaml_files} <= names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))

@@ -67,6 +67,22 @@ def test_plan_of_inception_covers_figure3():
     assert p.gflops_per_image == pytest.approx(4.07, rel=0.01)  # results/README.md's figure
 
 
+def test_small_data_is_planned_for_this_machine(monkeypatch):
+    """Issue 24: `bnrepro-plan experiment=bn_x30` on the synthetic data planned 8 GPUs. plan.gpus
+    is `auto`: ImageNet gets a node of 8, smaller data this machine (its GPUs, else one CPU
+    process); a given plan.gpus wins."""
+    import torch
+
+    for gpus in (0, 2):
+        monkeypatch.setattr(torch.cuda, "device_count", lambda gpus=gpus: gpus)
+        for data in (["data=synthetic"], ["data=mnist"]):
+            assert make("bn_x30", *data).processes == max(gpus, 1)
+        assert make("bn_x30", "runtime.device=cpu").processes == 1
+        assert make("bn_x30", *IMAGENET).processes == 8
+        assert make("bn_x30", "plan.gpus=4", "plan.nodes=2").processes == 8
+    assert compose("plan").plan.gpus == "auto"
+
+
 @pytest.mark.parametrize("gpus", [1, 8, 16])
 def test_lr_after_warmup_is_the_papers_lr_times_global_over_32(gpus):
     """BN-x30: 0.045 x global batch / 32, decayed x0.94 per 2 epochs already passed."""
@@ -99,12 +115,72 @@ def test_plan_matches_what_the_loop_does(tiny_overrides, tmp_path):
     assert p.train_size == 160  # the tiny tree: 16 x 10 classes
 
 
+PLENTY_OF_CPUS = ["cluster.cpus_per_task=64", "data.num_workers=63"]  # the GPU bounds the run
+
+
 def test_measured_throughput_replaces_the_flop_estimate():
-    p = make("bn_x30", *IMAGENET, "plan.images_per_s=2000")
-    assert p.gpu_hours == pytest.approx(p.max_images / 2000 / 3600)
-    flops = make("bn_x30", *IMAGENET)
+    p = make("bn_x30", *IMAGENET, *PLENTY_OF_CPUS, "plan.images_per_s=2000")
+    evaluated = p.evals * 50_000 / (3 * 2000)  # a forward only: 3x a training image's rate
+    assert p.gpu_hours == pytest.approx((p.max_images / 2000 + evaluated) / 3600)
+    assert p.cost.bound == "the GPU" and "measured 2000 training images/s" in p.cost.assumptions
+    flops = make("bn_x30", *IMAGENET, *PLENTY_OF_CPUS)
     train_hours = p.max_images * 3 * flops.gflops_per_image * 1e9 / 100e12 / 3600
     assert train_hours < flops.gpu_hours < train_hours * 1.02  # + 250 evaluations of 50,000
+
+
+@pytest.mark.parametrize("cpus", [3, 1, 64])
+def test_cost_is_the_slower_of_the_gpu_and_its_input_pipeline_by_hand(cpus):
+    """BN-x30 on 8 GPUs: 320e6 training images and 250 evaluations of 50,000 val images, at
+    1,000 images/s per worker core and 100 TFLOP/s (8,190 training images/s per GPU, 24,570
+    evaluated). 3 CPUs per GPU: 2 worker cores feed 2,000/s, the pipeline bounds the run. 1 CPU:
+    no worker core, decoding and the step take turns (1 / (1/8,190 + 1/1,000) = 891/s). 64 CPUs
+    with 63 workers: 63,000/s fed, the GPU bounds it."""
+    p = make("bn_x30", *IMAGENET, f"cluster.cpus_per_task={cpus}", "data.num_workers=63",
+             "plan.pipeline_images_per_s_per_core=1000")  # fmt: skip
+    assert (p.max_images, p.evals) == (320_000_000, 250)
+    gpu = 100e12 / (3 * p.gflops_per_image * 1e9)  # 4.07 GFLOPs forward: 8,190 images/s
+    assert gpu == pytest.approx(8190, rel=0.01)
+    evaluated = 250 * 50_000
+    if cpus == 3:
+        hours = (320e6 / 2000 + evaluated / 2000) / 3600  # 2 worker cores x 1,000
+        assert p.cost.bound == "the input pipeline" and p.cost.pipeline_images_per_s == 2000
+    elif cpus == 1:
+        serial = 1 / (1 / gpu + 1 / 1000)
+        assert serial == pytest.approx(891, rel=0.01)
+        hours = (320e6 + evaluated) / serial / 3600
+        assert p.cost.bound == "the input pipeline" and "decodes between steps" in p.cost.why
+    else:
+        hours = (320e6 / gpu + evaluated / (3 * gpu)) / 3600
+        assert p.cost.bound == "the GPU" and p.cost.pipeline_images_per_s == 63_000
+    assert p.gpu_hours == pytest.approx(hours, rel=1e-9)
+    assert p.cost.gpu_images_per_s == pytest.approx(gpu)
+
+
+def test_few_cpus_per_gpu_say_the_pipeline_bounds_the_run(capsys):
+    bnrepro_plan(["experiment=bn_x30", *IMAGENET, "cluster.cpus_per_task=2"])
+    out = capsys.readouterr().out
+    assert "bounded by       the input pipeline: 1 worker core per GPU x 960 images/s = 960 " \
+        "training images/s fed; the GPU computes 8,200" in out  # fmt: skip
+    assert "cost             96 GPU-hours, 12 h wall on 8 processes" in out  # 332.5e6 / 960 / 3600
+    assert "2 CPU cores per GPU (cluster.cpus_per_task)" in out
+    bnrepro_plan(["experiment=bn_x30", *IMAGENET, *PLENTY_OF_CPUS])
+    assert "bounded by       the GPU: 63 worker cores" in capsys.readouterr().out
+    bnrepro_plan(["experiment=bn_x30", *IMAGENET, "data.decode=dali"])
+    assert "GPU decoding is not modelled" in capsys.readouterr().out
+
+
+def test_costs_keep_two_significant_figures():
+    assert [plan.rounded(x) for x in (38.43, 4.567, 1234.5, 0.0812, 8190.3, 950)] == [
+        "38", "4.6", "1,200", "0.081", "8,200", "950"]  # fmt: skip
+
+
+def test_the_default_pipeline_rate_is_results_bench_datas():
+    """plan.pipeline_images_per_s_per_core is the per-core figure results/bench_data.md gives."""
+    text = (REPO / "results" / "bench_data.md").read_text()
+    figure = re.search(r"`plan\.pipeline_images_per_s_per_core`\): \*\*([\d,]+)\*\*", text)
+    assert figure, "results/bench_data.md names no default for plan.pipeline_images_per_s_per_core"
+    default = compose("plan").plan.pipeline_images_per_s_per_core
+    assert int(figure.group(1).replace(",", "")) == default
 
 
 def test_one_table_for_the_paper(capsys):
@@ -130,8 +206,9 @@ def test_single_plan_prints_everything(capsys):
 
 @pytest.mark.parametrize(
     "args, message",
-    [(["plan.gpu=2"], "plan.gpu is not a config key"), (["experiment=nope"], "experiment/nope"),
-     (["--bogus"], "--bogus"), (["plan.gpus=0"], "plan.gpus takes an integer >= 1")],
+    [(["plan.gpu=2"], "plan.gpu is not a config key"),
+     (["experiment=nope"], "experiment=nope is not an option"), (["--bogus"], "--bogus"),
+     (["plan.gpus=0"], "plan.gpus takes one of auto or an integer >= 1")],
 )  # fmt: skip
 def test_bad_input_is_one_line(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -168,7 +245,7 @@ def test_results_readme_budgets_are_the_configs():
         if line.startswith("| ") and cells[0] in README_NAMES and len(cells) == 7:
             p = make(README_NAMES[cells[0]], *IMAGENET)
             assert cells[5] == paper_steps_text(p.paper_steps), cells[0]
-            assert cells[6] == f"{p.gpu_hours:.3g}", cells[0]
+            assert cells[6] == plan.rounded(p.gpu_hours), cells[0]
             seen.add(cells[0])
     assert seen == set(README_NAMES)
     assert not re.search(r"trainer\.max_images=", text)

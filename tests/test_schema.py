@@ -118,5 +118,15 @@ def test_load_composes_and_checks_and_turns_hydras_refusals_into_config_errors()
         compose_checked("train", ["data.batch_size=0"])
     with pytest.raises(ConfigError, match=r"^optim.lrr is not a config key \(did you mean"):
         compose_checked("train", ["optim.lrr=1"])
-    with pytest.raises(ConfigError, match="Could not find 'experiment/nope'"):
-        compose_checked("train", ["experiment=nope"])
+    with pytest.raises(ConfigError, match="^experiment=nope is not an option of experiment: the "):
+        compose_checked("train", ["experiment=nope"])  # nothing close: the options alone
+    with pytest.raises(ConfigError, match=r"\(did you mean debug=tiny\?\): the options are tiny"):
+        compose_checked("train", ["debug=tyni"])
+
+
+def test_did_you_mean_covers_config_groups():
+    """Issue 24: a misspelled group name is close to the group, not to a key."""
+    with pytest.raises(
+        ConfigError, match=r"^expriment is not a config key \(did you mean experiment\?"
+    ):
+        compose_checked("train", ["expriment=bn_x30"])

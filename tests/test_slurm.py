@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -69,7 +70,11 @@ def launcher_config(*overrides: str):
 def test_cluster_overrides_reach_the_launcher():
     cfg = launcher_config("cluster.partition=gpu", "cluster.gpus_per_node=4", "cluster.nodes=2")
     launcher = cfg.hydra.launcher
-    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    from hydra.utils import get_class
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+
+    launcher_class = get_class(launcher._target_)  # hydra-submitit's, saying what it submits
+    assert issubclass(launcher_class, BaseSubmititLauncher) and launcher_class._EXECUTOR == "slurm"
     assert launcher.partition == "gpu" and launcher.nodes == 2
     assert launcher.gpus_per_node == launcher.tasks_per_node == 4  # one process per GPU
     assert launcher.additional_parameters.requeue is True
@@ -103,6 +108,22 @@ def test_templates_send_the_trainers_preemption_signal(template):
 def test_templates_end_the_job_when_a_task_dies(template):
     text = (REPO / "slurm" / template).read_text()
     assert "srun --kill-on-bad-exit=1 bnrepro-train" in text
+
+
+@pytest.mark.parametrize("template", ["train.sbatch", "ensemble_members.sbatch", "ensemble.sbatch"])
+def test_templates_log_into_a_folder_git_ignores(template):
+    """Issue 24: the templates wrote %x-%j.out into the submission folder (the repository root),
+    where git saw it and every later run's provenance said "uncommitted changes". Their logs
+    go to logs/, which every checkout has (sbatch does not make --output's folder) and git
+    ignores."""
+    text = (REPO / "slurm" / template).read_text()
+    (output,) = re.findall(r"^#SBATCH --output=(\S+)$", text, flags=re.M)
+    assert output.startswith("logs/") and "/" not in output.removeprefix("logs/"), output
+    tracked = _run(["git", "ls-files", "logs"], cwd=REPO).stdout.split()
+    assert tracked == ["logs/.gitignore"]  # the folder exists in a checkout, nothing else of it
+    log = output.replace("%x", "bnrepro-train").replace("%j", "42").replace("%A", "42")
+    ignored = _run(["git", "check-ignore", "-q", log.replace("%a", "0")], cwd=REPO, check=False)
+    assert ignored.returncode == 0, f"git does not ignore {log}"
 
 
 @pytest.fixture(scope="session")
@@ -320,6 +341,14 @@ def test_hydra_launcher_sweep_runs_an_array(tmp_path, job_env):
     summaries = [json.loads(p.read_text()) for p in tmp_path.rglob("summary.json")]
     assert sorted(s["experiment_name"] for s in summaries) == ["bn_x30", "bn_x5"]
     assert all(s["images_seen"] == 32 for s in summaries)
+    # issue 24: it said nothing; each job's id, run folder and log as it was submitted, the
+    # table of jobs at the end
+    submitted = [line for line in out.stdout.splitlines() if line.startswith("submitted job ")]
+    (sweep_dir,) = tmp_path.glob("multirun/*")
+    for i, (line, name) in enumerate(zip(submitted, ["bn_x5", "bn_x30"], strict=True)):
+        run = sweep_dir / f"{i}_{name}_seed0"
+        assert line == f"submitted job {array_id}_{i}: run folder {run}, log {logs[i]}", line
+    assert f"sweep {sweep_dir}: 2 jobs, 2 done" in out.stdout
 
 
 @on_cluster

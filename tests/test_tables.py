@@ -47,7 +47,14 @@ FIGURE3_TABLE = {
     "rows": {
         "inception": {"steps_to_target": 1234.0, "max_top1": 0.5, "paper_steps_to_72.2": 31.0e6,
                       "paper_max_top1": 0.722, "seeds": 2, "max_top1_mean": 0.45,
-                      "max_top1_sd": 0.0707, "final_top1_mean": 0.4, "final_top1_sd": 0.05},
+                      "max_top1_sd": 0.0707, "final_top1_mean": 0.4, "final_top1_sd": 0.05,
+                      "final_top1_low": -0.049, "final_top1_high": 0.849},
+        "bn_x30 (optim.lr=0.1)": {"experiment": "bn_x30", "name": "BN-x30 (optim.lr=0.1)",
+                                  "paper_row": False, "steps_to_target": 1000.0, "max_top1": 0.5,
+                                  "paper_steps_to_72.2": None, "paper_max_top1": None,
+                                  "seeds": 1, "max_top1_mean": 0.5, "max_top1_sd": 0.0,
+                                  "final_top1_mean": 0.5, "final_top1_sd": 0.0,
+                                  "final_top1_low": 0.456, "final_top1_high": 0.544},
         "bn_x30": {"steps_to_target": 250000.0, "max_top1": 0.6, "paper_steps_to_72.2": 2.7e6,
                    "paper_max_top1": 0.748, "seeds": 1, "max_top1_mean": 0.6, "max_top1_sd": 0.0,
                    "final_top1_mean": 0.55, "final_top1_sd": 0.0, "diverged_seeds": {1: 2.0}},
@@ -63,23 +70,28 @@ FIGURE3_TABLE = {
 
 FIGURE3_MD = """\
 Target: the best val top-1 of `inception`'s seed-mean curve = 50.0% (the paper's target is \
-Inception's 72.2%). Steps and max of the seed-mean curve; then each seed's max and final \
-accuracy, mean +- standard deviation over seeds.
+Inception's 72.2%). Steps and max of the seed-mean curve; then each seed's max (mean +- standard \
+deviation over seeds) and final accuracy (mean and its 95% interval: Student t over seeds; with \
+one seed, Wilson over the val images where known). Each row is one configuration; the paper's \
+numbers stand beside an experiment only where it has one configuration here.
 
-| model | seeds | steps to target (ours) | max top-1 (ours) | max top-1 per seed | final top-1 per seed | steps to 72.2% (paper) | max top-1 (paper) |
+| model | seeds | steps to target (ours) | max top-1 (ours) | max top-1 per seed | final top-1 [95% interval] | steps to 72.2% (paper) | max top-1 (paper) |
 |---|---|---|---|---|---|---|---|
-| inception | 2 | 1234 | 50.0% | 45.0% +- 7.1 | 40.0% +- 5.0 | 31.0e6 | 72.2% |
-| bn_x30 | 1 (+1 diverged) | 0.2e6 | 60.0% | 60.0% +- 0.0 | 55.0% +- 0.0 | 2.7e6 | 74.8% |
-| bn_x5_sigmoid | 1 | never | 30.0% | 30.0% +- 0.0 | 30.0% +- 0.0 | never | 69.8% |
-| inception_sigmoid | 1 | never | 20.0% | - | - | - | - |
-| inception_x5 | 0 (+1 diverged) | diverged | diverged | - | - | diverged | diverged |
+| Inception | 2 | 1234 | 50.0% | 45.0% +- 7.1 | 40.0% [-4.9, 84.9] | 31.0e6 | 72.2% |
+| BN-x30 (optim.lr=0.1) | 1 | 1000 | 50.0% | 50.0% +- 0.0 | 50.0% [45.6, 54.4] | - | - |
+| BN-x30 | 1 (+1 diverged) | 0.2e6 | 60.0% | 60.0% +- 0.0 | 55.0% | 2.7e6 | 74.8% |
+| BN-x5-Sigmoid | 1 | never | 30.0% | 30.0% +- 0.0 | 30.0% | never | 69.8% |
+| Inception-Sigmoid | 1 | never | 20.0% | - | - | - | - |
+| Inception-x5 | 0 (+1 diverged) | diverged | diverged | - | - | diverged | diverged |
 """
 
 
 def test_figure3_markdown():
-    """Ours beside the paper's; "never" where a curve never reaches the target (and for the
-    paper's BN-x5-Sigmoid), "diverged" where every seed diverged (and for the paper's
-    Inception at BN-x5's LR), "-" where the paper has no such model or seeds no spread."""
+    """Ours beside the paper's, by the paper's names; "never" where a curve never reaches the
+    target (and for the paper's BN-x5-Sigmoid), "diverged" where every seed diverged (and for
+    the paper's Inception at BN-x5's LR), "-" where the paper has no such model, or no number
+    for one of an experiment's several configurations, or seeds no spread; intervals where the
+    table has them."""
     assert figure3_markdown(FIGURE3_TABLE) == FIGURE3_MD
 
 

@@ -414,3 +414,30 @@ def test_pretrained_from_a_file_takes_its_architecture_and_normalisation(tmp_pat
         NAME, pretrained=True, num_classes=0, pretrained_cfg_overlay=dict(file=str(path))
     )
     assert head_less.num_classes == 0
+
+
+def test_pretrained_from_a_file_evaluates_at_its_own_resolution(tmp_path):
+    """Issue 24: a checkpoint loaded with pretrained_cfg_overlay=dict(file=...) kept timm's
+    224 px and crop 0.875 whatever it was trained at, so timm's validate.py evaluated a 32 px
+    checkpoint at 224 px. Its pretrained_cfg now holds the checkpoint's data.eval_crop and
+    eval_crop / eval_resize, which resolve_data_config (validate.py's call) returns; an explicit
+    --img-size still wins."""
+    torch.manual_seed(3)
+    source = timm.create_model(NAME, num_classes=10, **SMALL)
+    path = _bnrepro_checkpoint(tmp_path / "w.pt", source, num_classes=10, in_chans=3, **SMALL)
+    ckpt = torch.load(path, weights_only=True)
+    data = {"eval_crop": 32, "eval_resize": 36, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2]}
+    ckpt["config"] = {"data": data}
+    torch.save(ckpt, path)
+
+    model = timm.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    assert model.pretrained_cfg["input_size"] == (3, 32, 32)
+    cfg = timm.data.resolve_data_config({}, model=model)  # what validate.py does
+    assert cfg["input_size"] == (3, 32, 32) and cfg["crop_pct"] == 32 / 36
+    assert cfg["mean"] == (0.5, 0.4, 0.3)
+    transform = timm.data.create_transform(**cfg)  # validate.py's eval transform: 36 then 32
+    from PIL import Image
+
+    assert transform(Image.new("RGB", (80, 60))).shape == (3, 32, 32)
+    asked = timm.data.resolve_data_config({"input_size": (3, 64, 64)}, model=model)
+    assert asked["input_size"] == (3, 64, 64)  # --img-size 64 wins

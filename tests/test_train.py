@@ -47,15 +47,16 @@ def test_every_experiment_trains_and_fits_a_fixed_batch(experiment, tiny_overrid
     runtime = engine.build_runtime(cfg.runtime, cfg.data, torch.device("cpu"))
     model = builders.build_model(cfg, dat.classes)
     optimizer = builders.build_optimizer(model, cfg.optim, effective_lr(cfg.optim.lr, 16))
-    images, labels = next(iter(dat.train_loader))
+    batch = next(iter(dat.train_loader))
 
     def loss() -> float:  # train mode (BN on batch statistics), the same dropout mask each time
         with torch.no_grad(), torch.random.fork_rng():
             torch.manual_seed(1)
-            return F.cross_entropy(model(runtime.inputs(images)), labels).item()
+            inputs, labels = runtime.batch_inputs(batch)
+            return F.cross_entropy(model(inputs), labels).item()
 
     before = loss()
-    fixed_batch = iter(lambda: (0, 1, images, labels), None)
+    fixed_batch = iter(lambda: (0, 1, batch), None)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     for _ in range(5):
         engine.train_step(model, fixed_batch, optimizer, scaler, runtime, torch.zeros(3))
@@ -71,6 +72,7 @@ def test_metrics_and_summary(tiny_overrides, tmp_path):
     assert [r["step"] for r in train_rows] == [1, 2, 3, 4, 5, 6]
     assert all(r["paper_steps"] == r["images_seen"] / 32 for r in rows)
     assert [r["images_seen"] for r in val_rows] == [48, 96]
+    assert [r["val/images"] for r in val_rows] == [40, 40]  # the tree's val set: an interval's n
     assert summary["steps_to_target"] == 1.5  # target 0: reached at the first eval, 48 images
     assert summary["best/val/top1"] == max(r["val/top1"] for r in val_rows)
     assert train_rows[0]["train/lr"] == pytest.approx(0.045 * 16 / 32)  # bn_x30, linear scaling
@@ -104,9 +106,15 @@ def test_refusals_leave_the_run_folder_untouched(tiny_overrides, tmp_path):
     wider = [*tiny_overrides, "model.width_mult=0.25", f"trainer.resume={ckpt}"]
     with pytest.raises(CheckpointError, match="width_mult: checkpoint 0.125 vs run 0.25"):
         T.train(compose("train", wider))
-    # the same folder with another config (a new run in an old folder)
-    with pytest.raises(CheckpointError, match=r"another config \(differs in: optim.lr\)"):
+    # the same folder with another config (a new run in an old folder): the message names the
+    # way out, a run name of its own (issue 24: it named only out_dir and seed)
+    with pytest.raises(CheckpointError, match=r"another config \(differs in: optim.lr\)") as e:
         T.train(compose("train", [*tiny_overrides, "optim.lr=0.1"]))
+    assert "run_name=bn_x30_lr0.1_seed0" in str(e.value)
+    assert digest(run_dir) == before
+    summary = T.train(compose("train", [*tiny_overrides, "optim.lr=0.1", "run_name=bn_x30_lr0.1_seed0",
+                                        "trainer.max_images=16"]))  # fmt: skip
+    assert summary["images_seen"] == 16 and (tmp_path / "bn_x30_lr0.1_seed0").is_dir()
     assert digest(run_dir) == before
 
     # a truncated checkpoint: refused when named, and when found with nothing valid left: the

@@ -5,9 +5,13 @@ as LevelDB-log-framed protobuf records.
 """
 
 import json
+import os
 import struct
 import time
 from pathlib import Path
+
+import pytest
+from conftest import TINY_DATA
 
 from bnrepro import checkpoint
 from bnrepro import train as T
@@ -129,7 +133,7 @@ def test_wandb_mode_offline_alone_runs_offline_and_logs_checkpoints(
 
     ens = compose("ensemble", [
         f"checkpoints=[{run_dir}]", f"data.root={tiny_overrides[-2].split('=', 1)[1]}",
-        *[o for o in tiny_overrides if o.startswith("data.")], "crops=1", "max_images=4",
+        *TINY_DATA, "crops=1", "max_images=4",
         "runtime.progress=false", "logger=wandb", "member_checkpoint=best",
     ])  # fmt: skip
     results = ensemble.evaluate_ensemble(ens, tmp_path / "ensemble")
@@ -145,3 +149,76 @@ def test_wandb_mode_offline_alone_runs_offline_and_logs_checkpoints(
     config = {item.key: json.loads(item.value_json) for item in run.config.update}
     # offline, wandb cannot record an artifact's use: the run's config names the members
     assert [m["artifact"] for m in config["members"]] == [f"model-{ckpt['wandb_run_id']}"]
+
+
+def test_wandb_environment_variables_win_over_the_config_and_the_command_line_over_both(
+    monkeypatch,
+):
+    """Issue 24: WANDB_NAME, WANDB_RUN_GROUP, WANDB_TAGS and WANDB_NOTES were ignored (the run
+    name and the experiment always won); as W&B documents them, they replace the config's
+    defaults, and a value on the command line replaces them."""
+    for key in ("WANDB_NAME", "WANDB_RUN_GROUP", "WANDB_TAGS", "WANDB_NOTES"):
+        monkeypatch.delenv(key, raising=False)
+    w = compose("train", ["logger=wandb"]).logger.wandb
+    assert (w.name, w.group, list(w.tags), w.notes) == (None, "bn_x30", [], None)  # the defaults
+    monkeypatch.setenv("WANDB_NAME", "lr-probe")
+    monkeypatch.setenv("WANDB_RUN_GROUP", "probes")
+    monkeypatch.setenv("WANDB_TAGS", "paper, cpu")  # W&B's form: comma-separated
+    monkeypatch.setenv("WANDB_NOTES", "a try")
+    for logger in ("wandb", "local"):  # logger=local turned on with logger.wandb.mode=offline
+        w = compose("train", [f"logger={logger}"]).logger.wandb
+        assert (w.name, w.group, list(w.tags), w.notes) == ("lr-probe", "probes", ["paper", "cpu"],
+                                                            "a try")  # fmt: skip
+    explicit = ["logger=wandb", "logger.wandb.name=mine", "logger.wandb.group=g",
+                "logger.wandb.tags=[t]", "logger.wandb.notes=n"]  # fmt: skip
+    w = compose("train", explicit).logger.wandb
+    assert (w.name, w.group, list(w.tags), w.notes) == ("mine", "g", ["t"], "n")
+    w = compose("ensemble", ["logger=wandb", "checkpoints=x.pt"]).logger.wandb
+    assert (w.name, w.group) == ("lr-probe", "probes")  # bnrepro-ensemble's W&B run too
+
+
+@pytest.mark.slow
+def test_a_resumed_offline_run_is_two_folders_of_one_id_and_one_sync_command(
+    tiny_overrides, tmp_path, monkeypatch, capsys
+):
+    """Issue 24: wandb cannot resume offline: each start writes offline-run-<time>-<id>, both with
+    the run's id (the checkpoint's). The run's last line names the `wandb sync` command that
+    uploads both as one run (checked as far as offline allows: `wandb sync --dry-run` takes both).
+    The run record carries WANDB_NAME / _RUN_GROUP / _TAGS / _NOTES."""
+    import glob
+    import shlex
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_NAME", "lr-probe")
+    monkeypatch.setenv("WANDB_RUN_GROUP", "probes")
+    monkeypatch.setenv("WANDB_TAGS", "paper, cpu")
+    monkeypatch.setenv("WANDB_NOTES", "a try")
+    overrides = [*tiny_overrides, "logger=wandb", "logger.wandb.mode=offline"]
+    T.train(compose("train", [*overrides, "trainer.max_images=48"]))  # stopped here ...
+    T.train(compose("train", overrides))  # ... and resumed to 96
+    run_dir = tmp_path / "bn_x30_seed0"
+    ckpt = checkpoint.load(run_dir / "checkpoints" / "ckpt_000000000096.pt")
+    run_id = ckpt["wandb_run_id"]
+    folders = sorted(run_dir.glob("wandb/offline-run-*"))
+    assert len(folders) == 2 and all(f.name.endswith(f"-{run_id}") for f in folders), folders
+    assert [p.name for f in folders for p in f.glob("*.wandb")] == [f"run-{run_id}.wandb"] * 2
+    for folder in folders:
+        (run,) = [r.run for r in _records_when_done(folder / f"run-{run_id}.wandb")
+                  if r.HasField("run")]  # fmt: skip
+        assert (run.run_id, run.display_name, run.run_group) == (run_id, "lr-probe", "probes")
+        assert (list(run.tags), run.notes) == (["paper", "cpu"], "a try")
+
+    lines = [line for line in capsys.readouterr().out.splitlines() if "wandb sync" in line]
+    assert len(lines) == 2  # one per start, the same command
+    command = lines[-1].split("with: ", 1)[1]
+    assert command == f"wandb sync {run_dir}/wandb/offline-run-*-{run_id}"
+    argv = shlex.split(command)
+    paths = sorted(glob.glob(argv[2]))
+    assert paths == [str(f) for f in folders]
+    wandb = str(Path(sys.executable).parent / "wandb")
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
+    out = subprocess.run([wandb, "sync", "--dry-run", *paths], capture_output=True, text=True,
+                         timeout=120, env=env)  # fmt: skip
+    assert out.returncode == 0 and "Would sync 2 run(s)" in out.stdout + out.stderr, out

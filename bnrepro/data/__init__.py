@@ -2,7 +2,8 @@
 
 layouts     where the files are (three ImageNet layouts) -> Split
 transforms  decoding and the paper's augmentation (docs/paper.md section 3)
-datasets    ImageFiles / ArrayImages / WholeImages, skipping unreadable files; build_datasets
+datasets    ImageFiles / ArrayImages / WholeImages, skipping unreadable files; build_datasets;
+            TrainBatch (a training batch: images, labels, colour parameters)
 sampler     the training order (full or shard shuffling), per rank, resumable
 encoded     what the device decoders share: workers that read bytes and draw crops, the batch
 gpu_decode  data.decode=gpu: batched JPEG decoding and augmentation on the GPU
@@ -16,6 +17,7 @@ from bnrepro.data.datasets import (
     ArrayImages,
     DataIdentity,
     ImageFiles,
+    TrainBatch,
     WholeImages,
     build_datasets,
     data_changes,
@@ -35,6 +37,7 @@ __all__ = [
     "EpochSampler",
     "ImageFiles",
     "Split",
+    "TrainBatch",
     "WholeImages",
     "build_datasets",
     "build_train_loader",

@@ -10,8 +10,9 @@ external source, with the crop box and flip drawn from the sample's own (seed, e
 stream as the CPU path draws them (transforms.sample_train), or the centre box at evaluation.
 DALI does no random choice of its own.
 
-The colour distortion is not DALI's: TF-slim's ops (transforms.py) run on DALI's output batch on
-its device, as decode=gpu does. DALI cannot express them exactly: its brightness_contrast scales
+The colour distortion is not DALI's: TF-slim's ops (transforms.py) run on the training device,
+fused with the normalisation, as for every loader (engine.Runtime.inputs); DALI's output is
+uncoloured. DALI cannot express them exactly: its brightness_contrast scales
 about one fixed centre per image, TF's contrast about each channel's own mean; its hsv operator
 is a linear map in YIQ space, TF's adjust_hue/adjust_saturation work in the HSV hexcone and clip
 saturation to [0, 1]; and TF-slim leaves values unclipped between ops in one of four orders.
@@ -86,10 +87,11 @@ def _pipeline(size: int, device: str, batch_size: int, num_threads: int, device_
 
 
 class DaliLoader(EncodedLoader):
-    """Batches (uint8 [B, 3, S, S] on `device`, int64 [B]) of `ds` in `sampler`'s order.
+    """Batches of `ds` in `sampler`'s order (uint8 images on `device`).
 
-    Training: `sampler` is the EpochSampler (`loader.sampler.set_epoch(epoch, start_image)`),
-    full batches. Evaluation: a list of indices, the last batch may be short."""
+    Training: TrainBatch; `sampler` is the EpochSampler (`loader.sampler.set_epoch(epoch,
+    start_image)`), full batches. Evaluation: (images, labels); a list of indices, the last batch
+    may be short."""
 
     def __init__(
         self,

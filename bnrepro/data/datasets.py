@@ -5,6 +5,11 @@ An unreadable file (corrupt, truncated, not an image) is skipped in one place,
 about once with its path, and counted (`skipped_files`). Training replaces it by the next readable
 file; evaluation leaves it out (a val item is then `(None, label)`; the val loaders drop it).
 
+A training sample is (uint8 image, label, colour parameters): the image cropped, resized and
+flipped, its colour distortion still to come (transforms.color_params); `collate_train` makes a
+`TrainBatch` of them, whose colour the training process applies on its device
+(engine.Runtime.inputs). An evaluation sample is (uint8 image, label).
+
 `identify(data_cfg)` says what `build_datasets` will read (class list, file counts, a fingerprint
 of the file lists: `DataIdentity`) from the file lists alone, writing nothing: a run checks it
 against its checkpoint and its other ranks before it generates or writes anything.
@@ -12,6 +17,7 @@ against its checkpoint and its other ranks before it generates or writes anythin
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import os
@@ -19,7 +25,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -27,9 +33,10 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
+from bnrepro import distributed
 from bnrepro.data import synthetic
 from bnrepro.data import transforms as T
-from bnrepro.data.layouts import Split, find_imagenet
+from bnrepro.data.layouts import Split, class_names, find_imagenet, tars_only, unpack_tars
 from bnrepro.data.mnist import load_mnist
 from bnrepro.errors import ConfigError, DataError
 
@@ -37,6 +44,29 @@ MAX_BAD_IN_A_ROW = 32  # this many unreadable files in a row means a broken tree
 TAG_SHUFFLE, TAG_SHARDS, TAG_AUGMENT = 1, 2, 3  # keep the random streams apart
 
 Loaded = TypeVar("Loaded")
+
+
+class TrainBatch(NamedTuple):
+    """A training batch as every training loader yields it (data.decode=cpu, gpu, dali)."""
+
+    images: torch.Tensor  # uint8 [B, C, H, W]: cropped, resized and flipped, not yet coloured
+    labels: torch.Tensor  # int64 [B]
+    color: torch.Tensor  # float32 [B, 5] on the CPU: each image's transforms.color_params row
+
+    @classmethod
+    def without_color(cls, images: torch.Tensor, labels: torch.Tensor) -> TrainBatch:
+        """A batch whose images get no colour distortion (benchmarks, tests)."""
+        return cls(images, labels, torch.tensor([T.NO_COLOR] * len(labels)))
+
+
+def collate_train(samples: list[tuple[torch.Tensor, int, tuple[float, ...]]]) -> TrainBatch:
+    """A DataLoader's training samples (image, label, colour parameters) as one TrainBatch."""
+    images, labels, color = zip(*samples, strict=True)
+    return TrainBatch(
+        torch.stack(images),
+        torch.tensor(labels, dtype=torch.int64),
+        torch.tensor(color, dtype=torch.float32),
+    )
 
 
 def augment_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -47,7 +77,8 @@ def augment_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 
 class ImageFiles(Dataset):
     """Image files through a transform. A key is an index, or (index, epoch, seed) from the
-    training sampler: the augmentation's randomness comes from that triple only."""
+    training sampler: the augmentation's randomness comes from that triple only. Training gives
+    (image, label, colour parameters), evaluation (image, label)."""
 
     def __init__(self, split: Split, transform: T.TrainTransform | T.EvalTransform):
         self.split, self.transform = split, transform
@@ -57,16 +88,16 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.split.files)
 
-    def __getitem__(self, key: int | tuple[int, int, int]) -> tuple[torch.Tensor | None, int]:
+    def __getitem__(self, key: int | tuple[int, int, int]) -> tuple:
         index, epoch, seed = key if isinstance(key, tuple) else (key, 0, 0)
         if not self.train:  # evaluation counts each readable file once: an unreadable one is out
             load = functools.partial(self._transform, index, epoch, seed)
             return self.try_load(index, load), int(self.split.labels[index])
         for attempt in range(MAX_BAD_IN_A_ROW):
             i = (index + attempt) % len(self)
-            image = self.try_load(i, functools.partial(self._transform, i, epoch, seed))
-            if image is not None:
-                return image, int(self.split.labels[i])
+            loaded = self.try_load(i, functools.partial(self._transform, i, epoch, seed))
+            if loaded is not None:
+                return loaded[0], int(self.split.labels[i]), loaded[1]
         folder = os.path.dirname(self.split.path(index))
         raise DataError(
             f"{MAX_BAD_IN_A_ROW} unreadable images in a row from {self.split.path(index)} on, in "
@@ -75,7 +106,7 @@ class ImageFiles(Dataset):
             "at an intact copy"
         )
 
-    def _transform(self, i: int, epoch: int, seed: int, data: bytes) -> torch.Tensor:
+    def _transform(self, i: int, epoch: int, seed: int, data: bytes):
         if self.train:
             return self.transform(data, augment_rng(seed, epoch, i))
         return self.transform(data)
@@ -102,18 +133,20 @@ class ImageFiles(Dataset):
 
 class ArrayImages(Dataset):
     """In-memory uint8 images [N, C, H, W] (MNIST): no decoding, and no augmentation whatever
-    data.augment says (the experiments' crop and colour settings are for photographs)."""
+    data.augment says (the experiments' crop and colour settings are for photographs). A
+    training set (`train`) gives (image, label, NO_COLOR), as ImageFiles' training samples."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
-        self.images, self.labels = images, labels
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, train: bool = False):
+        self.images, self.labels, self.train = images, labels, train
         self.bad = torch.zeros(0, dtype=torch.bool)
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, key: int | tuple[int, int, int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int, int]) -> tuple:
         index = key[0] if isinstance(key, tuple) else key
-        return self.images[index], int(self.labels[index])
+        image, label = self.images[index], int(self.labels[index])
+        return (image, label, T.NO_COLOR) if self.train else (image, label)
 
 
 class WholeImages(Dataset):
@@ -154,6 +187,7 @@ class DataIdentity:
     val_files: int
     val_sha256: str
     found: tuple | None = field(default=None, compare=False, repr=False)  # the splits, if listed
+    sample: str = field(default="", compare=False)  # this rank's own look (_local_sample)
 
     def record(self) -> dict:
         """What a checkpoint stores (its data.identity)."""
@@ -193,11 +227,16 @@ def _files_of(split: Split | ArrayImages) -> tuple[int, str]:
     return len(split), digest.hexdigest()
 
 
-def identify(data_cfg: DictConfig) -> DataIdentity:
+def identify(
+    data_cfg: DictConfig, *, rank: int = 0, local_rank: int = 0, world_size: int = 1
+) -> DataIdentity:
     """What build_datasets(data_cfg) will read, found without writing anything: ImageNet's file
-    lists; a synthetic tree's own, or, not generated yet, those its parameters give
-    (synthetic.planned_files). Refuses (DataError, ConfigError, NotASyntheticTree) what
-    build_datasets would refuse."""
+    lists (made once, by rank 0: find_imagenet_once; its `sample` is this rank's own look at the
+    files rank 0 listed); a synthetic tree's own, listed by each rank (a small tree), or, not
+    generated yet, those its parameters give (synthetic.planned_files). Refuses (DataError,
+    ConfigError, NotASyntheticTree) what build_datasets would refuse. DDP ranks compare the
+    result (builders.check_same_data); every rank calls it, its collectives depend on data.name
+    alone."""
     cfg = data_cfg
     if cfg.name == "mnist":
         train_ds, val_ds, classes = _mnist(cfg)
@@ -210,11 +249,36 @@ def identify(data_cfg: DictConfig) -> DataIdentity:
             root = Path(cfg.root).expanduser()
             splits = [Split.of(root, [p for p, _ in s], [c for _, c in s]) for s in (train, val)]
             return _identity(classes, *splits)
-    train, val, classes = find_imagenet(cfg.root)
+        found = _listed(cfg.root)
+    else:
+        found = find_imagenet_once(
+            cfg.root, rank=rank, local_rank=local_rank, world_size=world_size
+        )
+    train, val, classes = found
     _check_classes(cfg, classes)
-    for name, split in (("train", train), ("val", val)):
-        _check_readable(split, name)
-    return _identity(classes, train, val, found=(train, val, classes))
+    identity = _identity(classes, train, val, found=found)
+    if world_size == 1 or cfg.name == "synthetic":
+        return identity
+    return dataclasses.replace(identity, sample=_local_sample(train, val))
+
+
+SAMPLED = 64  # files per split whose size each rank checks against rank 0's listing [ours]
+
+
+def _local_sample(train: Split, val: Split) -> str:
+    """This rank's look at the files rank 0 listed, cheap (one directory listing, 2 x SAMPLED
+    stats): the class folders it sees and the sizes of evenly spaced files (-1: missing). Equal
+    on every rank of a shared or identical copy; an incomplete node-local copy differs unless
+    what it lacks falls between the samples."""
+    digest = hashlib.sha256("\n".join(class_names(Path(train.root) / "train")).encode())
+    for split in (train, val):
+        for i in np.linspace(0, len(split.files) - 1, min(SAMPLED, len(split.files)), dtype=int):
+            try:
+                size = os.stat(split.path(int(i))).st_size
+            except OSError:
+                size = -1
+            digest.update(f"{i}:{size};".encode())
+    return digest.hexdigest()
 
 
 def _check_readable(split: Split, name: str) -> None:
@@ -262,16 +326,47 @@ def _mnist(cfg: DictConfig) -> tuple[ArrayImages, ArrayImages, list[str]]:
         x = torch.from_numpy(arrays[f"x_{split}"]).unsqueeze(1).float()
         x = F.interpolate(x, size=(cfg.train_crop, cfg.train_crop), mode="bilinear", antialias=True)
         images = x.round().clamp(0, 255).to(torch.uint8)
-        out.append(ArrayImages(images, torch.from_numpy(arrays[f"y_{split}"]).long()))
+        labels = torch.from_numpy(arrays[f"y_{split}"]).long()
+        out.append(ArrayImages(images, labels, train=split == "train"))
     return out[0], out[1], [str(d) for d in range(10)]
 
 
+def find_imagenet_once(
+    root: str, *, rank: int = 0, local_rank: int = 0, world_size: int = 1
+) -> tuple[Split, Split, list[str]]:
+    """find_imagenet on rank 0 alone, its listing sent to every rank: one scan of the training
+    tree (1.28M files on a shared file system), not one per rank at the same time; the tars, if
+    that is the layout, unpacked by rank 0 first. Then the first process of each node that still
+    sees only the tars (a node-local copy) unpacks them too, every rank waiting for it. Every
+    node's data.root must hold the same files (a shared file system or identical copies)."""
+    listing = distributed.from_rank0(lambda: _listed(root), rank, world_size)
+    if world_size > 1:
+        distributed.once_per_node(
+            lambda: unpack_tars(root) if tars_only(root) else None, local_rank, world_size
+        )
+    return listing
+
+
+def _listed(root: str) -> tuple[Split, Split, list[str]]:
+    """find_imagenet, and neither split all unreadable (_check_readable)."""
+    train, val, classes = find_imagenet(root)
+    for name, split in (("train", train), ("val", val)):
+        _check_readable(split, name)
+    return train, val, classes
+
+
 def build_datasets(
-    data_cfg: DictConfig, identity: DataIdentity | None = None
+    data_cfg: DictConfig,
+    identity: DataIdentity | None = None,
+    *,
+    rank: int = 0,
+    local_rank: int = 0,
+    world_size: int = 1,
 ) -> tuple[Dataset, Dataset, list[str]]:
-    """(train_ds, val_ds, classes) for data.name imagenet | synthetic | mnist. With `identity`
-    (identify's, made at start-up): the file lists it found are reused, and data that is not
-    what it describes (changed since) is refused."""
+    """(train_ds, val_ds, classes) for data.name imagenet | synthetic | mnist. With several
+    processes (the ranks of distributed.setup) the file listing is made once and shared
+    (find_imagenet_once). With `identity` (identify's, made at start-up): the file lists it
+    found are reused, and data that is not what it describes (changed since) is refused."""
     cfg = data_cfg
     if cfg.name == "mnist":
         return _mnist(cfg)
@@ -282,9 +377,13 @@ def build_datasets(
             params = synthetic.tree_params(num_classes=cfg.num_classes, **cfg.synthetic)
             synthetic.hold_tree(cfg.root, params)
     else:
-        if cfg.name == "synthetic":
+        if cfg.name == "synthetic":  # a small tree: every rank generates (once) and lists it
             synthetic.ensure_tree(cfg.root, num_classes=cfg.num_classes, **cfg.synthetic)
-        train, val, classes = find_imagenet(cfg.root)
+            train, val, classes = find_imagenet(cfg.root)
+        else:
+            train, val, classes = find_imagenet_once(
+                cfg.root, rank=rank, local_rank=local_rank, world_size=world_size
+            )
         _check_classes(cfg, classes)
         if identity is not None and _identity(classes, train, val) != identity:
             raise DataError(

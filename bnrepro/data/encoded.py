@@ -4,8 +4,9 @@ DataLoader workers read each file's bytes and draw its crop box, flip and colour
 does, from the sample's own (seed, epoch, index) stream, or take the centre box at evaluation
 (`EncodedFiles`). `EncodedLoader` hands a batch of them to its subclass's decoder, which only
 decodes, crops, resizes and flips on the device; the loader then fills in the CPU path's images
-for the files that are unreadable or that the decoder refused, and runs TF-slim's colour ops on
-the whole batch where it lies.
+for the files that are unreadable or that the decoder refused, and yields the batch with each
+image's colour parameters (a datasets.TrainBatch, as the CPU loader does): TF-slim's colour ops
+run on the training device, fused with the normalisation (engine.Runtime.inputs).
 
 A file the decoder refuses (a GIF named .JPEG for DALI, a CMYK JPEG for nvJPEG) is remembered in
 `loader.refused` and goes through the CPU path from then on, never offered again: DALI must
@@ -23,7 +24,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from bnrepro.data import transforms as T
-from bnrepro.data.datasets import ImageFiles, augment_rng
+from bnrepro.data.datasets import ImageFiles, TrainBatch, augment_rng
 from bnrepro.data.sampler import loader_kwargs
 
 Key = int | tuple[int, int, int]  # a dataset key: an index (evaluation) or (index, epoch, seed)
@@ -69,10 +70,10 @@ class EncodedFiles(Dataset):
 
 
 class EncodedLoader:
-    """Batches (uint8 [B, 3, S, S] on `device`, int64 [B]) of `ds` in `sampler`'s order, decoded
-    by the subclass's `decode_batch`. Training: `sampler` is the EpochSampler, full batches;
-    evaluation: a list of indices, the last batch may be short. `len` and `.sampler` are those of
-    a DataLoader."""
+    """Batches of `ds` in `sampler`'s order, decoded by the subclass's `decode_batch`: training,
+    a TrainBatch (uint8 images on `device`, labels, colour parameters); `sampler` is the
+    EpochSampler, full batches. Evaluation: (uint8 images on `device`, labels); `sampler` is a
+    list of indices, the last batch may be short. `len` and `.sampler` are those of a DataLoader."""
 
     def __init__(
         self,
@@ -93,13 +94,13 @@ class EncodedLoader:
     def __len__(self) -> int:
         return len(self.files)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[TrainBatch | tuple[torch.Tensor, torch.Tensor]]:
         for samples in self.files:
             yield self.assemble(samples)
 
-    def assemble(self, samples: list[Encoded]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The decoder's crops of the files it takes, the CPU path's images of the others, then
-        the colour ops of the decoded ones, batched on the device."""
+    def assemble(self, samples: list[Encoded]) -> TrainBatch | tuple[torch.Tensor, torch.Tensor]:
+        """The decoder's crops of the files it takes, the CPU path's images of the others; in
+        training, with each image's colour parameters (the CPU path's own for its images)."""
         offered = [
             i for i, s in enumerate(samples) if s.data is not None and s.index not in self.refused
         ]
@@ -109,26 +110,26 @@ class EncodedLoader:
             if crop is None:
                 self.refused.add(samples[i].index)
             images[i] = crop
-        color_ops, labels = [], []
+        colors, labels = [], []
         for i, sample in enumerate(samples):
-            if images[i] is None:  # unreadable or refused: the CPU path (colour included)
-                image, label = self.ds[sample.key]
+            if images[i] is None:  # unreadable or refused: the CPU path (the next readable file)
+                image, label, *color = self.ds[sample.key]  # training: its colour too
                 if image is None:  # unreadable at evaluation: left out (ImageFiles.__getitem__)
                     continue
                 images[i] = image.to(self.device)
-                color_ops.append(())
             else:
-                label = sample.label
-                color_ops.append(sample.params.color_ops)
+                label, color = sample.label, [T.color_params(sample.params.color_ops)]
             labels.append(label)
+            colors += color
         images = [image for image in images if image is not None]
-        if not images:
+        if not images:  # evaluation, every file of the batch unreadable
             return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
-        out = torch.stack(images)
-        T.apply_color_batch(out, color_ops)  # TF-slim's colour ops, batched on the device
-        return out, torch.tensor(labels, dtype=torch.int64)
+        out, labels = torch.stack(images), torch.tensor(labels, dtype=torch.int64)
+        if not self.ds.train:
+            return out, labels
+        return TrainBatch(out, labels, torch.tensor(colors, dtype=torch.float32))
 
     def decode_batch(self, samples: list[Encoded]) -> list[torch.Tensor | None]:
         """Each sample's box of its file, resized and flipped: uint8 [3, S, S] on the device (the
-        colour comes after, for the whole batch), or None for a file the decoder refuses."""
+        colour comes later, for the whole batch), or None for a file the decoder refuses."""
         raise NotImplementedError

@@ -1,6 +1,7 @@
 """data.decode=gpu: JPEGs decoded in batches on the GPU (torchvision.io.decode_jpeg), then cropped,
-resized, flipped and colour-distorted there, with the same per-sample parameters as the CPU path.
-The workers and the batch assembly are encoded.py's, shared with decode=dali.
+resized and flipped there, with the same per-sample parameters as the CPU path; the colour, as for
+every loader, comes later, on the whole batch (engine.Runtime.inputs). The workers and the batch
+assembly are encoded.py's, shared with decode=dali.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from bnrepro.data.sampler import EpochSampler
 
 class DeviceDecodeLoader(EncodedLoader):
     """decode=gpu: workers read bytes and draw crops; torchvision.io.decode_jpeg decodes the batch
-    on `device`, where crop, resize, flip and colour happen too. Files it cannot decode (PNG,
-    CMYK, corrupt) go through the CPU path, which also skips and counts bad ones."""
+    on `device`, where crop, resize and flip happen too. Files it cannot decode (PNG, CMYK,
+    corrupt) go through the CPU path, which also skips and counts bad ones."""
 
     def __init__(self, cfg: DictConfig, ds: ImageFiles, sampler: EpochSampler, device: str):
         super().__init__(cfg, ds, sampler, torch.device(device))
@@ -47,7 +48,7 @@ class DeviceDecodeLoader(EncodedLoader):
             return None
 
     def _crop(self, img: torch.Tensor, p: T.TrainParams) -> torch.Tensor:
-        """The sample's crop, resized and flipped (the colour comes after, for the whole batch)."""
+        """The sample's crop, resized and flipped (the colour comes later, for the whole batch)."""
         x0, y0, x1, y1 = p.box
         crop = img[None, :, y0:y1, x0:x1].float()
         out = F.interpolate(crop, size=(self.size, self.size), mode="bilinear", antialias=True)

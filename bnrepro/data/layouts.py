@@ -8,7 +8,11 @@ them, so a checkpoint trained on one evaluates correctly on another):
      ILSVRC2012_validation_ground_truth.txt, whose ids are the devkit's, not sorted-wnid order);
      Kaggle's nesting root/ILSVRC/Data/CLS-LOC/{train,val} is found too;
   3. the original ILSVRC2012_img_{train,val}.tar and ILSVRC2012_devkit_t12.tar.gz, unpacked once
-     by torchvision.datasets.ImageNet (after which the folder is layout 1).
+     by torchvision.datasets.ImageNet into data.root itself (after which the folder is layout 1).
+
+A run of several processes lists the files once (datasets.build_datasets: rank 0 scans and sends
+the listing to the others) and unpacks the tars once per node (rank 0 first, then the first
+process of any node that still sees only the tars), never on every rank at once.
 """
 
 from __future__ import annotations
@@ -62,24 +66,23 @@ def find_imagenet(root: str | Path) -> tuple[Split, Split, list[str]]:
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"data.root={root} does not exist; point data.root at ImageNet")
+    if tars_only(root):
+        unpack_tars(root)
     images = root / "ILSVRC" / "Data" / "CLS-LOC"  # Kaggle's download
     images = images if images.is_dir() else root
-    unpacked = (images / "train").is_dir() and (images / "val").is_dir()
-    if not unpacked and all((root / t).is_file() for t in TARS):
-        return _from_tars(root)
     if not (images / "train").is_dir():
         raise DataError(
             f"no train/ folder in {images}: expected train/<wnid>/*.JPEG (ImageFolder or Kaggle), "
             f"or the original tars {', '.join(TARS)} in {root}"
         )
-    classes = _class_names(images / "train")
+    classes = class_names(images / "train")
     if not classes:
         raise DataError(f"{images / 'train'} has no class folders (train/<wnid>/*.JPEG)")
     train = _class_folders(images / "train", classes, images)
     val_dir = images / "val"
     if not val_dir.is_dir():
         raise DataError(f"no val/ folder in {images}")
-    folders = _class_names(val_dir)
+    folders = class_names(val_dir)
     if folders:
         val = _class_folders(val_dir, folders, images, classes)
     else:
@@ -98,7 +101,7 @@ def _entries(folder: Path) -> list[os.DirEntry]:
         ) from e
 
 
-def _class_names(folder: Path) -> list[str]:
+def class_names(folder: Path) -> list[str]:
     """The class folders in `folder`, sorted: symbolic links to folders included, hidden ones
     (.ipynb_checkpoints) not. A link that leads nowhere, not named as an image, is refused: a
     class would otherwise vanish unseen."""
@@ -209,15 +212,20 @@ def _devkit_labels(devkit: Path) -> dict[str, str]:
     return {f"ILSVRC2012_val_{n:08d}": wnid_of_id[int(i)] for n, i in enumerate(truth, start=1)}
 
 
-def _from_tars(root: Path) -> tuple[Split, Split, list[str]]:
-    """Layout 3: torchvision.datasets.ImageNet checks the archives and unpacks them once."""
+def tars_only(root: str | Path) -> bool:
+    """Layout 3 not yet unpacked: the original tars in `root`, no train/ and val/ folders."""
+    root = Path(root).expanduser()
+    unpacked = any(
+        (images / "train").is_dir() and (images / "val").is_dir()
+        for images in (root, root / "ILSVRC" / "Data" / "CLS-LOC")
+    )
+    return not unpacked and all((root / t).is_file() for t in TARS)
+
+
+def unpack_tars(root: str | Path) -> None:
+    """Layout 3 -> layout 1, in `root` itself: torchvision.datasets.ImageNet checks the archives'
+    MD5s and unpacks them (train/<wnid>/, val/<wnid>/, meta.bin), once."""
     from torchvision.datasets import ImageNet
 
-    splits = {s: ImageNet(str(root), split=s) for s in ("train", "val")}
-    classes = splits["train"].wnids
-    index = {c: i for i, c in enumerate(classes)}
-    out = []
-    for ds in splits.values():
-        paths = [os.path.relpath(p, root) for p, _ in ds.samples]
-        out.append(Split.of(root, paths, [index[ds.wnids[y]] for _, y in ds.samples]))
-    return out[0], out[1], classes
+    for split in ("train", "val"):
+        ImageNet(str(Path(root).expanduser()), split=split)

@@ -1,8 +1,11 @@
-"""Training and validation loaders: uint8 batches, normalised later on the device (engine.Runtime).
+"""Training and validation loaders: uint8 batches, coloured and normalised later on the device
+(engine.Runtime.inputs).
 
-A training batch is (uint8 [B, C, H, W], int64 [B]); `loader.sampler.set_epoch(epoch,
-start_image)` picks the epoch and the resume position (global images into the epoch's order). A validation loader gives rank r the images
-r, r + world, ... unpadded: sum the correct counts over ranks for the exact accuracy.
+A training batch is a datasets.TrainBatch (uint8 images [B, C, H, W], int64 labels [B], float32
+colour parameters [B, 5]); `loader.sampler.set_epoch(epoch, start_image)` picks the epoch and the
+resume position (global images into the epoch's order). A validation batch is (uint8 images,
+labels); a validation loader gives rank r the images r, r + world, ... unpadded: sum the correct
+counts over ranks for the exact accuracy.
 
 data.decode picks who decodes image files: cpu (DataLoader workers), gpu (torchvision's batched
 decode_jpeg on CUDA, training only) or dali (NVIDIA DALI, on CUDA if there is one, else its CPU
@@ -18,7 +21,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from bnrepro.data.datasets import ImageFiles, WholeImages, skipped_files
+from bnrepro.data.datasets import ImageFiles, WholeImages, collate_train, skipped_files
 from bnrepro.data.gpu_decode import DeviceDecodeLoader
 from bnrepro.data.sampler import loader_kwargs, training_sampler
 
@@ -44,8 +47,8 @@ def _dali_device() -> str:
 def build_train_loader(
     data_cfg: DictConfig, train_ds: Dataset, *, seed: int, rank: int, world_size: int
 ) -> DataLoader | DeviceDecodeLoader | DaliLoader:
-    """Full batches of (uint8 [B, C, H, W], int64 [B]); `loader.sampler.set_epoch(e, start_image)`
-    before each epoch. len(loader) = batches left in the current epoch."""
+    """Full TrainBatches (images, labels, colour parameters); `loader.sampler.set_epoch(e,
+    start_image)` before each epoch. len(loader) = batches left in the current epoch."""
     sampler = training_sampler(data_cfg, len(train_ds), seed=seed, rank=rank, world_size=world_size)
     decoder = _decoder(data_cfg, train_ds, train=True)
     if decoder == "dali":
@@ -60,7 +63,7 @@ def build_train_loader(
         )
     return DataLoader(
         train_ds, batch_size=data_cfg.batch_size, sampler=sampler, drop_last=True,
-        **loader_kwargs(data_cfg),
+        collate_fn=collate_train, **loader_kwargs(data_cfg),
     )  # fmt: skip
 
 

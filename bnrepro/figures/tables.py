@@ -11,7 +11,7 @@ into a plotting command.
 
 from __future__ import annotations
 
-from bnrepro.paper import FIGURE4, PAPER_DIVERGED
+from bnrepro.paper import FIGURE4, NAMES, PAPER_DIVERGED
 
 # The note under a Figure 4 table whose members were picked on the val set it reports
 # (member_checkpoint=best): one markdown line each, a blank line last.
@@ -41,26 +41,42 @@ def paper_steps_text(steps: float | None) -> str:
     return f"{steps / 1e6:.1f}e6" if steps >= 1e5 else f"{steps:.4g}"
 
 
+def display_name(experiment: str) -> str:
+    """The paper's name of a variant (BN-x5-Sigmoid); an experiment it does not name keeps ours."""
+    return NAMES.get(experiment, experiment)
+
+
+def interval(low: float | None, high: float | None) -> str:
+    """A 95% interval of fractions as percentages, "[47.4, 57.4]"; "" for none."""
+    return "" if low is None or high is None else f" [{100 * low:.1f}, {100 * high:.1f}]"
+
+
 def figure3_markdown(table: dict) -> str:
     """The Figure 3 table (bnrepro-report's figure3.md) from figure3_table()'s dict."""
     lines = [
         f"Target: the best val top-1 of `{table['reference']}`'s seed-mean curve = "
         f"{percent(table['target_top1'])} (the paper's target is Inception's 72.2%). Steps and max "
-        "of the seed-mean curve; then each seed's max and final accuracy, mean +- standard "
-        "deviation over seeds.",
+        "of the seed-mean curve; then each seed's max (mean +- standard deviation over seeds) and "
+        "final accuracy (mean and its 95% interval: Student t over seeds; with one seed, Wilson "
+        "over the val images where known). Each row is one configuration; the paper's numbers "
+        "stand beside an experiment only where it has one configuration here.",
         "",
-        "| model | seeds | steps to target (ours) | max top-1 (ours) | max top-1 per seed | final top-1 per seed | steps to 72.2% (paper) | max top-1 (paper) |",
+        "| model | seeds | steps to target (ours) | max top-1 (ours) | max top-1 per seed | final top-1 [95% interval] | steps to 72.2% (paper) | max top-1 (paper) |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for name, row in table["rows"].items():
+    for key, row in table["rows"].items():
+        name = row.get("name") or display_name(key)  # tables written before groups had names
+        experiment = row.get("experiment", key)
         # The paper's BN-x5-Sigmoid never reaches 72.2%: its Figure 3 says so in words.
         paper_steps = (
-            "never" if name == "bn_x5_sigmoid" else paper_steps_text(row["paper_steps_to_72.2"])
+            "never"
+            if experiment == "bn_x5_sigmoid"
+            else paper_steps_text(row["paper_steps_to_72.2"])
         )
         if row["paper_max_top1"] is None:
             paper_steps = "-"
         paper_max = paper_percent(row["paper_max_top1"])
-        if name in PAPER_DIVERGED:
+        if experiment in PAPER_DIVERGED and row.get("paper_row", True):
             paper_steps = paper_max = "diverged"
         steps, top1 = paper_steps_text(row["steps_to_target"]), percent(row["max_top1"])
         seeds = str(row["seeds"])
@@ -68,9 +84,11 @@ def figure3_markdown(table: dict) -> str:
             if not row["seeds"]:  # every seed diverged: no accuracy to show, as the paper
                 steps = top1 = "diverged"
             seeds = f"{row['seeds']} (+{len(row['diverged_seeds'])} diverged)"
+        final = "-" if "final_top1_mean" not in row else percent(row["final_top1_mean"])
+        final += interval(row.get("final_top1_low"), row.get("final_top1_high"))
         lines.append(
             f"| {name} | {seeds} | {steps} | {top1} | {_mean_sd(row, 'max_top1')} "
-            f"| {_mean_sd(row, 'final_top1')} | {paper_steps} | {paper_max} |"
+            f"| {final} | {paper_steps} | {paper_max} |"
         )
     return "\n".join(lines) + "\n"
 
