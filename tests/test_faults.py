@@ -688,7 +688,7 @@ def test_ctrl_c_while_a_run_starts_stops_at_once_with_nothing_written(
     written (it used to be a KeyboardInterrupt traceback)."""
     out, overrides = run_copy
 
-    def interrupted(data_cfg):
+    def interrupted(data_cfg, **ranks):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(T, "identify", interrupted)

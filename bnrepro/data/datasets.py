@@ -338,13 +338,20 @@ def find_imagenet_once(
     tree (1.28M files on a shared file system), not one per rank at the same time; the tars, if
     that is the layout, unpacked by rank 0 first. Then the first process of each node that still
     sees only the tars (a node-local copy) unpacks them too, every rank waiting for it. Every
-    node's data.root must hold the same files (a shared file system or identical copies)."""
-    listing = distributed.from_rank0(lambda: _listed(root), rank, world_size)
+    node's data.root must hold the same files (a shared file system or identical copies); each
+    rank reads its own data.root with that listing, and a run compares a sample of what each
+    rank sees (identify, builders.check_same_data)."""
+    train, val, classes = distributed.from_rank0(lambda: _listed(root), rank, world_size)
     if world_size > 1:
         distributed.once_per_node(
             lambda: unpack_tars(root) if tars_only(root) else None, local_rank, world_size
         )
-    return listing
+        # Rank 0's listing, of this rank's own data.root (a node-local copy may lie elsewhere).
+        own = Path(root).expanduser()
+        kaggle = own / "ILSVRC" / "Data" / "CLS-LOC"
+        own = kaggle if Path(train.root).parts[-3:] == kaggle.parts[-3:] else own
+        train, val = (dataclasses.replace(split, root=str(own)) for split in (train, val))
+    return train, val, classes
 
 
 def _listed(root: str) -> tuple[Split, Split, list[str]]:
