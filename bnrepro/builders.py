@@ -25,6 +25,7 @@ from bnrepro import data as datasets
 from bnrepro import distributed
 from bnrepro.config import model_kwargs
 from bnrepro.engine import Runtime
+from bnrepro.errors import DataError
 
 
 def seed_everything(seed: int) -> None:
@@ -39,13 +40,22 @@ class Data:
     train_ds: torch.utils.data.Dataset
     train_loader: torch.utils.data.DataLoader
     val_loader: torch.utils.data.DataLoader
+    identity: datasets.DataIdentity  # file counts and fingerprints (checkpoints keep them)
 
 
-def build_data(cfg: DictConfig, *, rank: int, world_size: int, local_rank: int = 0) -> Data:
+def build_data(
+    cfg: DictConfig,
+    *,
+    rank: int,
+    world_size: int,
+    local_rank: int = 0,
+    identity: datasets.DataIdentity | None = None,
+) -> Data:
     """cfg.data's datasets and this rank's loaders (the training order seeded by cfg.seed); the
-    file listing made once, on rank 0, and shared (data.build_datasets)."""
+    file listing made once, on rank 0, and shared (data.build_datasets), or `identity`'s: what
+    the run checked at start-up (data.identify), which the data must still be."""
     train_ds, val_ds, classes = datasets.build_datasets(
-        cfg.data, rank=rank, local_rank=local_rank, world_size=world_size
+        cfg.data, identity, rank=rank, local_rank=local_rank, world_size=world_size
     )
     return Data(
         classes=list(classes),
@@ -54,7 +64,32 @@ def build_data(cfg: DictConfig, *, rank: int, world_size: int, local_rank: int =
             cfg.data, train_ds, seed=cfg.seed, rank=rank, world_size=world_size
         ),
         val_loader=datasets.build_val_loader(cfg.data, val_ds, rank=rank, world_size=world_size),
+        identity=identity or datasets.identity_of(train_ds, val_ds, classes),
     )
+
+
+def check_same_data(identity: datasets.DataIdentity, d: distributed.Dist) -> None:
+    """DataError on every rank when the ranks' data differ (class list, file counts or
+    fingerprints): an incomplete node-local copy must neither train nor evaluate with the
+    others."""
+    mine = {"classes": list(identity.classes), **identity.record(), "sample": identity.sample}
+    ranks = distributed.gather(d, mine)
+    for rank, other in enumerate(ranks[1:], start=1):
+        if other == ranks[0]:
+            continue
+        words = ("on rank 0", f"on rank {rank}")
+        if other["classes"] != ranks[0]["classes"]:
+            counts = [len(ranks[0]["classes"]), len(other["classes"])]
+            how = [f"{counts[0]} classes {words[0]}, {counts[1]} {words[1]}"]
+        else:  # ImageNet, listed by rank 0 alone: this rank's look at the same files differs
+            how = datasets.data_changes(ranks[0], other, words) or [
+                "its class folders, or files rank 0 listed, missing or of other sizes there"
+            ]
+        raise DataError(
+            f"rank {rank} sees other data than rank 0 under data.root ({'; '.join(how)}): every "
+            "rank must read the same files; complete that host's copy, or point data.root at "
+            "one every host reads"
+        )
 
 
 def arch_of(cfg: DictConfig, classes: list[str]) -> dict:

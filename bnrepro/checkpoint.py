@@ -15,15 +15,19 @@ torch is imported inside the functions that read or write tensors: the plotting 
 
 from __future__ import annotations
 
+import datetime
+import fcntl
 import glob
+import json
 import os
 import random
+import socket
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bnrepro.errors import UserError, first_names
+from bnrepro.errors import UserError, first_names, one_line
 from bnrepro.provenance import git_sha, version
 from bnrepro.sweeps import suggested_run_name
 
@@ -31,6 +35,10 @@ if TYPE_CHECKING:
     import torch
 
 FORMAT = "bnrepro-checkpoint/1"
+# What every checkpoint holds (a converted one too), and what a training run resumes from.
+MODEL_KEYS = ("arch", "classes", "model")
+TRAINING_KEYS = ("optimizer", "scheduler", "scaler", "rng", "data", "images_seen", "step", "best",
+                 "config", "wandb_run_id")  # fmt: skip
 
 # Keys that may change between a run and its resumption without making it another run: how it
 # runs (runtime.*: device, precision, compile), where the data lives and how it is read, how it is
@@ -66,6 +74,10 @@ class CheckpointWriteError(CheckpointError):
         )
 
 
+class FolderBusy(CheckpointError):
+    """Another process holds the folder (FolderLock); the message names it."""
+
+
 class NonFiniteError(RuntimeError):
     """A model state holding NaN or infinity (a diverged run): never written, never evaluated."""
 
@@ -87,6 +99,7 @@ class RunFolder:
     checkpoints/ckpt_<images_seen:012d>.pt   the last trainer.keep_last periodic ones
     checkpoints/best.pt                      the best val top-1 so far
     metrics.jsonl  summary.json  config.yaml  overrides.yaml  train.log
+    run.lock                                 while a process trains in it (FolderLock)
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -98,6 +111,7 @@ class RunFolder:
         self.config = self.path / "config.yaml"
         self.overrides = self.path / "overrides.yaml"
         self.log = self.path / "train.log"
+        self.lock = self.path / LOCK
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
@@ -129,6 +143,137 @@ class RunFolder:
         return [RunFolder(p.parent) for p in sorted(root.rglob(name))]
 
 
+# ---- making and claiming output folders -------------------------------------------------------
+
+
+LOCK = "run.lock"  # in a run (or ensemble) folder while a process writes there
+
+
+def make_folders(folder: str | Path, what: str = "run folder") -> list[Path]:
+    """Create `folder` and its missing parents; returns the folders this call created, outermost
+    first (what `remove_made` may take back). CheckpointError naming the folder if it cannot be
+    created (no permission, a file in the way, a read-only filesystem)."""
+    folder = Path(folder).absolute()
+    missing = [p for p in (folder, *folder.parents) if not p.exists()][::-1]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CheckpointError(
+            f"cannot create the {what} {folder} ({e.strerror or e}): set out_dir to a folder "
+            "you can write"
+        ) from e
+    return missing
+
+
+def remove_made(folder: str | Path, made: list[Path]) -> None:
+    """Remove `folder` and its parents again, innermost first, where this process made them
+    (`made`, from make_folders; a folder inside one of them is new too) and they are still
+    empty: a refused start leaves no trace. A folder that holds anything, or that was there
+    before, is never touched."""
+    made = [Path(p).absolute() for p in made]
+    for p in (Path(folder).absolute(), *Path(folder).absolute().parents):
+        if not any(p == m or m in p.parents for m in made):
+            return
+        try:
+            p.rmdir()  # only an empty folder: never anything inside it
+        except OSError:
+            return
+
+
+class FolderLock:
+    """An exclusive claim on an output folder by one process: fcntl.flock on `<folder>/run.lock`,
+    which the kernel releases when the process dies, so a crashed run never leaves it stuck. The
+    file names its holder (pid, host, start time) for the refusal of a second process, and is
+    removed when the holder is done.
+
+    Not covered: hosts sharing a filesystem that does not pass flock between them (NFS without
+    its lock service, Lustre mounted with localflock): there a second host is not refused. A
+    filesystem without locks at all gives a warning, and the run goes on unlocked."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK
+        self.fd: int | None = None
+        self.made: list[Path] = []  # the folders acquire() created
+
+    def acquire(self, what: str = "run folder") -> FolderLock:
+        """Claim the folder (created if missing); FolderBusy naming the holder if another
+        process has it."""
+        self.made = make_folders(self.folder, what)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _holder(fd)
+                os.close(fd)
+                self._undo(created_file=False)
+                raise FolderBusy(
+                    f"{what} {self.folder} is in use by {holder}: wait until it ends, or use "
+                    "another folder (out_dir=..., seed=...). A crashed process holds nothing: "
+                    "the lock ends with its process"
+                ) from None
+            except OSError as e:  # a filesystem without locks (ENOLCK, EOPNOTSUPP)
+                os.close(fd)
+                self._undo(created_file=True)
+                warnings.warn(
+                    f"cannot lock {self.path} ({e.strerror or e}): this filesystem has no locks, "
+                    f"so a second process in {self.folder} would not be refused",
+                    stacklevel=2,
+                )
+                return self
+            if _same_file(fd, self.path):
+                break
+            os.close(fd)  # its holder removed it on the way out: lock the file that is there now
+        holder = {"pid": os.getpid(), "host": socket.gethostname(),
+                  "started": datetime.datetime.now().isoformat(timespec="seconds")}  # fmt: skip
+        os.ftruncate(fd, 0)
+        os.write(fd, (json.dumps(holder) + "\n").encode())
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        """Done: remove the lock file (while still holding it), then let go."""
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self.fd)
+            self.fd = None
+
+    def abandon(self) -> None:
+        """After a refused start: release, and remove the folders acquire() made if they are
+        still empty, so the disk is as it was."""
+        self.release()
+        self._undo(created_file=False)
+
+    def _undo(self, *, created_file: bool) -> None:
+        if created_file:
+            self.path.unlink(missing_ok=True)
+        remove_made(self.folder, self.made)
+
+    def __enter__(self) -> FolderLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Is the open file `fd` the one at `path` now (not one its holder removed meanwhile)?"""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def _holder(fd: int) -> str:
+    """'pid 123 on host h since 2026-11-24T12:00:00', from the lock file of the holder."""
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0).decode())
+        return f"pid {holder['pid']} on host {holder['host']} since {holder['started']}"
+    except (OSError, ValueError, KeyError, TypeError):  # being written this very moment
+        return "another process"
+
+
 def find(specs: str | list[str], which: str = "last") -> list[Path]:
     """Checkpoint files from files, globs, run folders (their newest ckpt_*.pt, or best.pt with
     which="best"), folders holding run folders (a training multirun) and folders of .pt files."""
@@ -142,9 +287,16 @@ def find(specs: str | list[str], which: str = "last") -> list[Path]:
             raise CheckpointError(f"checkpoints: {spec!r} matches no file or folder")
         for path in map(Path, paths):
             found += _expand(path, which)
-    duplicates = sorted({str(p) for p in found if found.count(p) > 1})
-    if duplicates:
-        raise CheckpointError(f"checkpoints lists the same file twice: {', '.join(duplicates)}")
+    seen: dict[tuple[int, int], Path] = {}
+    for path in found:  # one file reached twice: a path twice, a symbolic or a hard link
+        stat = path.stat()
+        first = seen.setdefault((stat.st_dev, stat.st_ino), path)
+        if first is not path:
+            how = f"({path})" if first == path else f"({first} and {path}: a link)"
+            raise CheckpointError(
+                f"checkpoints names the same file twice {how}: it would count as two members; "
+                "list each network once"
+            )
     return found
 
 
@@ -215,9 +367,11 @@ def assemble(
     classes: list[str],
     config: dict,
     wandb_run_id: str | None,
+    data_identity: dict | None = None,
 ) -> dict:
     """The checkpoint dict of docs/DESIGN.md. `model` is the unwrapped module (no DDP or compile
-    prefixes)."""
+    prefixes); `data_identity` the data's file counts and fingerprints (data.DataIdentity.record),
+    which a resume compares."""
     return {
         "format": FORMAT,
         "arch": arch,
@@ -227,7 +381,11 @@ def assemble(
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler.is_enabled() else None,
         "rng": rng_state(),
-        "data": {"epoch": progress.epoch, "images_in_epoch": progress.images_in_epoch},
+        "data": {
+            "epoch": progress.epoch,
+            "images_in_epoch": progress.images_in_epoch,
+            "identity": data_identity,
+        },  # fmt: skip
         "images_seen": progress.images_seen,
         "step": progress.step,
         "best": dict(progress.best, steps_to_target=progress.steps_to_target),
@@ -268,6 +426,11 @@ def restore(
         metrics=metrics,
         last_save=ckpt["images_seen"],
     )
+
+
+def data_position(ckpt: dict) -> tuple[int, int]:
+    """(epoch, images_in_epoch) where a run continues this checkpoint (global images)."""
+    return ckpt["data"]["epoch"], _images_in_epoch(ckpt)
 
 
 def _images_in_epoch(ckpt: dict) -> int:
@@ -329,16 +492,40 @@ def save(path: Path, ckpt: dict) -> None:
             f"refusing to write {path}: non-finite model state in {first_names(bad)}"
         )
     tmp = path.with_name(path.name + ".tmp")
+    out = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
-            torch.save(ckpt, f)
+            out = _Writes(f)
+            torch.save(ckpt, out)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as err:
+    except BaseException as err:  # a full disk, an I/O error, Ctrl-C: never a partial file
         tmp.unlink(missing_ok=True)  # a half-written file would only fill the disk further
-        raise CheckpointWriteError(path, err) from err
+        # torch's zip writer turns a failed write into a RuntimeError of its own: the OSError
+        # behind it (ENOSPC: a full disk) is the one the file object saw.
+        cause = out.error if out is not None and out.error is not None else err
+        if isinstance(cause, OSError):
+            raise CheckpointWriteError(path, cause) from err
+        raise
+
+
+class _Writes:
+    """A file's write() for torch.save that keeps the OSError torch's writer would hide."""
+
+    def __init__(self, f) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def load(path: str | Path) -> dict:
@@ -355,8 +542,34 @@ def load(path: str | Path) -> dict:
             f"checkpoint {path} is unreadable (truncated or corrupt: {type(e).__name__}: {e}). "
             "Delete it or use another checkpoint (training resumes from the newest valid one)."
         ) from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+    found = ckpt.get("format") if isinstance(ckpt, dict) else None
+    if isinstance(found, str) and found.startswith("bnrepro-checkpoint/") and found != FORMAT:
+        raise CheckpointError(
+            f"{path} is a checkpoint of another bnrepro version (format {found!r}; this one "
+            f"reads {FORMAT!r}): use the bnrepro version that wrote it"
+        )
+    if found != FORMAT:
         raise CheckpointError(f"{path} is not a bnrepro checkpoint (format {FORMAT!r} expected)")
+    missing = [k for k in MODEL_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {path} lacks {', '.join(missing)}: it is damaged or was not written by "
+            "bnrepro; use another checkpoint"
+        )
+    return ckpt
+
+
+def load_training(path: str | Path) -> dict:
+    """A checkpoint a run can continue (load, then every training key); CheckpointError naming
+    what it lacks (a converted checkpoint holds weights only)."""
+    ckpt = load(path)
+    missing = [k for k in TRAINING_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {path} lacks {', '.join(missing)}, so a run cannot continue it (weights "
+            "only, e.g. converted, or damaged): start a new run, or resume from a training "
+            "checkpoint"
+        )
     return ckpt
 
 
@@ -473,6 +686,45 @@ def check_compatible(ckpt: dict, arch: dict, classes: list[str], path: str | Pat
         )
 
 
+def _check_same_data(ckpt: dict, now: dict, path: str | Path, *, explicit: bool) -> None:
+    """A resume continues the data position of the checkpoint's training set, which means
+    nothing for another set: refused. With trainer.resume=PATH (continue this file with this
+    config) the run goes on loudly from the start of the next epoch instead. A changed val set
+    is warned about (the best val top-1 so far was measured on the other one). Checkpoints
+    from before data fingerprints were kept cannot be checked: said, and continued."""
+    then = ckpt["data"].get("identity")
+    if then is None:
+        warnings.warn(
+            f"checkpoint {path} does not record its data's file list (an older bnrepro): that "
+            "the training set is the same cannot be checked",
+            stacklevel=3,
+        )
+        return
+    from bnrepro.data.datasets import data_changes  # torch: only when a run resumes
+
+    changed = data_changes(then, now)
+    if not changed:
+        return
+    if not changed[0].startswith("train"):
+        warnings.warn(f"the val set changed since {path} ({changed[0]}): its best val top-1 "
+                      "was measured on the other one", stacklevel=3)  # fmt: skip
+        return
+    if not explicit:
+        raise CheckpointError(
+            f"the training set changed since {path} was written ({'; '.join(changed)}): its data "
+            "position means nothing for these files. Restore the data it was trained on, start "
+            f"a new run (another out_dir or seed), or trainer.resume={path} to continue it on "
+            "this data from the start of its next epoch"
+        )
+    epoch, position = data_position(ckpt)
+    ckpt["data"] = dict(ckpt["data"], epoch=epoch + (position > 0), images_in_epoch=0)
+    warnings.warn(
+        f"the training set changed since {path} ({'; '.join(changed)}): continuing from the "
+        f"start of epoch {ckpt['data']['epoch']} (trainer.resume), not at its data position",
+        stacklevel=3,
+    )
+
+
 def _flat_arch(arch: dict) -> dict:
     return {"name": arch["name"], **arch["kwargs"]}
 
@@ -519,22 +771,45 @@ class Checkpointer:
         self.keep_last = keep_last
 
     def newest_valid(self) -> tuple[Path, dict] | None:
-        """The newest checkpoint that loads; unreadable ones are reported and skipped."""
+        """The newest periodic checkpoint a run can continue; newer ones that cannot be used are
+        reported (a warning with the reason) and kept. None for a folder without checkpoints;
+        a folder that has some but none usable, or that holds a finished run's best.pt or
+        summary.json without any, is refused (CheckpointError naming each file and why): it is
+        never restarted from scratch over them."""
+        problems = []
         for path in reversed(self.folder.periodic_checkpoints()):
             try:
-                return path, load(path)
+                ckpt = load_training(path)
             except CheckpointError as e:
-                warnings.warn(f"skipping {e}", stacklevel=2)
+                problems.append(one_line(e))
+                continue
+            for problem in problems:
+                warnings.warn(f"skipping {problem}", stacklevel=2)
+            return path, ckpt
+        left = [p for p in (self.folder.best, self.folder.summary) if p.exists()]
+        if problems or left:
+            why = "; ".join(problems) or f"it holds {' and '.join(map(str, left))}"
+            raise CheckpointError(
+                f"run folder {self.folder.path} holds a run but no checkpoint it can continue "
+                f"({why}). Nothing was changed: move those files away (or use another out_dir "
+                "or seed) to start afresh, or trainer.resume=PATH to continue a checkpoint"
+            )
         return None
 
     def resume_point(
-        self, resume: str | None, config: dict, arch: dict, classes: list[str]
+        self,
+        resume: str | None,
+        config: dict,
+        arch: dict,
+        classes: list[str],
+        data_identity: dict | None = None,
     ) -> dict | None:
         """The checkpoint a run continues from: `resume` (trainer.resume), else this folder's
         newest valid one, else None. Refuses, before anything is written, a checkpoint of another
-        model or class list, or a folder that holds a run of another config."""
+        model or class list, a folder that holds a run of another config, or (auto-resume) a
+        training set that changed since (data_identity: data.DataIdentity.record)."""
         if resume:
-            path, ckpt = resume, load(resume)
+            path, ckpt = resume, load_training(resume)
         elif found := self.newest_valid():
             path, ckpt = found
             diff = config_diff(ckpt["config"], config)
@@ -548,6 +823,8 @@ class Checkpointer:
         else:
             return None
         check_compatible(ckpt, arch, classes, path)
+        if data_identity is not None:
+            _check_same_data(ckpt, data_identity, path, explicit=bool(resume))
         return ckpt
 
     def save(self, ckpt: dict, *, periodic: bool, best: bool) -> list[Path]:

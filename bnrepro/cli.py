@@ -12,8 +12,16 @@ torch, timm and the training loop are imported once a job actually starts.
 The one error path (bnrepro/errors.py): a CommandError (a UserError: bad config, data,
 checkpoint, run folder, missing extra; or Diverged) ends the command with one line,
 `<command>: error: <message>`, and its exit status; Hydra's own refusals (an unknown key, a
-missing config file, an override that does not parse) too. Anything else is a bug and keeps its
-traceback; HYDRA_FULL_ERROR=1 keeps every traceback. No other module prints and exits.
+missing config file, an override that does not parse) too; Ctrl-C is one line and status 130.
+Anything else is a bug and keeps its traceback; HYDRA_FULL_ERROR=1 keeps every traceback. No
+other module prints and exits. Launched as several processes (torchrun, srun), only rank 0 prints
+the line; every rank exits with the status, and under torchrun each hands the line to torchrun's
+failure report (torchrun itself exits 1 for any failed rank: it does not pass a status on).
+
+Nothing left behind: the run folder of a Hydra command (or a -m sweep's folder) is made by
+`OutputFolders` just before Hydra would make it, remembering which folders it made; a refused
+start takes them back while they are still empty, and Hydra's multirun.yaml with a sweep
+folder none of whose jobs was accepted.
 """
 
 from __future__ import annotations
@@ -23,13 +31,17 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import hydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from bnrepro import distributed
+from bnrepro.checkpoint import make_folders, remove_made
 from bnrepro.config import CONFIG_DIR, composition_error
 from bnrepro.errors import (
+    EXIT_INTERRUPTED,
     EXIT_USER_ERROR,
     FULL_ERROR_ENV,
     CommandError,
@@ -40,15 +52,21 @@ from bnrepro.errors import (
 )
 
 
-def report(program: str, error: BaseException) -> None:
-    """Print `<program>: error: <message>` to stderr (flushed: the line must reach a SLURM log)."""
-    print(f"{program}: error: {one_line(error)}", file=sys.stderr, flush=True)
+def report(program: str, error: BaseException | str) -> None:
+    """Print `<program>: error: <message>` to stderr (flushed: the line must reach a SLURM log),
+    on rank 0 alone when a launcher started several processes (every rank raises the same
+    error: distributed.agree); under torchrun also into its failure report."""
+    line = f"{program}: error: {error if isinstance(error, str) else one_line(error)}"
+    distributed.tell_launcher(line)
+    if distributed.launched_rank() == 0:
+        print(line, file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
 def command_errors(program: str) -> Iterator[None]:
     """Inside: a CommandError ends the process with one line (unless its job printed it already)
-    and its exit status; anything else keeps its traceback."""
+    and its exit status, Ctrl-C with one line and EXIT_INTERRUPTED; anything else keeps its
+    traceback."""
     try:
         yield
     except CommandError as e:
@@ -57,6 +75,53 @@ def command_errors(program: str) -> Iterator[None]:
         if not e.reported:
             report(program, e)
         raise SystemExit(e.exit_status) from None
+    except KeyboardInterrupt:
+        if full_error():
+            raise
+        report(program, "interrupted (Ctrl-C)")
+        raise SystemExit(EXIT_INTERRUPTED) from None
+
+
+# ---- the folders a Hydra command makes -------------------------------------------------------
+
+_MADE: list[Path] = []  # what OutputFolders made in this command, outermost first
+
+
+class OutputFolders(Callback):
+    """Hydra callback (hydra.callbacks in configs/train.yaml, configs/ensemble.yaml): makes the
+    run folder (a -m sweep: its folder) just before Hydra would, so that one that cannot be made
+    is one line, and remembers which folders it made (`_MADE`) for `take_back`."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        _make(config.hydra.run.dir, "run folder")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        _make(config.hydra.sweep.dir, "sweep folder")
+
+
+class _Unmade(BaseException):
+    """A folder OutputFolders could not make (its CommandError in args[0]), carried past Hydra's
+    callback runner, which turns any Exception into a warning."""
+
+
+def _make(folder: str, what: str) -> None:
+    try:
+        _MADE.extend(make_folders(folder, what))
+    except CommandError as e:
+        raise _Unmade(e) from None
+
+
+def take_back(folder: str | Path) -> None:
+    """After a refused start: remove `folder` and the folders above it that this command made,
+    while they are empty; a sweep folder left with Hydra's multirun.yaml alone (no job of it was
+    accepted) goes too. Nothing that was there before the command, nothing written into."""
+    folder = Path(folder).absolute()
+    for made in map(Path, _MADE):
+        if (made / "multirun.yaml").is_file() and {p.name for p in made.iterdir()} == {
+            "multirun.yaml"
+        }:
+            (made / "multirun.yaml").unlink()  # Hydra's, written into a folder made for it
+    remove_made(folder, _MADE)
 
 
 def run_hydra_app(
@@ -71,6 +136,7 @@ def run_hydra_app(
 
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
+    _MADE.clear()
     # Hydra prints its errors itself unless HYDRA_FULL_ERROR=1: set it for the app, so that its
     # errors come here; the user's own setting travels in FULL_ERROR_ENV (SLURM jobs inherit both).
     # Both are restored afterwards: a later command started from this process (a test, a
@@ -84,7 +150,14 @@ def run_hydra_app(
     hydra_config = HydraConfig.instance().cfg
     try:
         with command_errors(program):
-            app()
+            try:
+                app()
+            except _Unmade as e:
+                raise e.args[0] from None
+            except BaseException:  # a sweep none of whose jobs was accepted: its folder goes
+                for made in list(_MADE):
+                    take_back(made)
+                raise
     except (HydraException, OmegaConfBaseException) as e:  # composing the config failed
         if full_error() or getattr(e, "in_job", False):
             raise  # raised by the job's code: a bug
@@ -118,6 +191,7 @@ def job(program: str, cfg: DictConfig, config_name: str) -> Iterator[None]:
         check(cfg, SCHEMAS[config_name])
         yield
     except CommandError as e:
+        take_back(hydra_run_dir())  # a refused start leaves no folder behind
         if full_error():
             raise
         report(program, e)

@@ -40,7 +40,8 @@ class Console:
         if not enabled or self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.path, "a")  # noqa: SIM115  (open for the run's lifetime)
+        # backslashreplace: a warning naming a file whose name is not UTF-8 is logged, not fatal
+        self.file = open(self.path, "a", errors="backslashreplace")  # noqa: SIM115
         # Warnings (a skipped file or checkpoint) go to the log too.
         self._showwarning = warnings.showwarning
         warnings.showwarning = self._warning
@@ -104,6 +105,8 @@ def eval_line(
                 f"{name} top-1 {100 * metrics[f'{prefix}/top1']:.2f}% "
                 f"top-5 {100 * metrics[f'{prefix}/top5']:.2f}% loss {metrics[f'{prefix}/loss']:.4f}"
             )
+    if metrics.get("val/skipped"):  # evaluation leaves unreadable files out: say how many
+        parts.append(f"{metrics['val/skipped']:,} unreadable val files left out")
     parts += [f"best top-1 {100 * best_top1:.2f}%", f"{rate:,.0f} img/s", f"ETA {eta}"]
     return " | ".join(parts)
 

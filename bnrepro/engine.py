@@ -23,8 +23,9 @@ from tqdm import tqdm
 
 from bnrepro import distributed
 from bnrepro.data.datasets import TrainBatch
+from bnrepro.data.loaders import unreadable_files
 from bnrepro.data.transforms import distort_color_batch
-from bnrepro.errors import ConfigError
+from bnrepro.errors import ConfigError, DataError
 from bnrepro.metrics import topk_correct
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -165,16 +166,20 @@ def evaluate(
 ) -> dict:
     """Single-centre-crop val loss, top-1, top-5 (fractions) and the number of images, summed
     over ranks; the first `max_images` images (over all ranks) when given. `progress`: draw a
-    bar (a terminal's)."""
+    bar (a terminal's). Each readable file counts once; `val/skipped` says how many unreadable
+    ones were left out (DataError if no file could be read)."""
     if dist is not None:
         distributed.broadcast_buffers(model, dist)  # every rank evaluates rank 0's model
     was_training = model.training
     model.eval()
-    totals = torch.zeros(4, dtype=torch.float64, device=runtime.device)  # loss, top1, top5, n
+    # loss, top-1, top-5, images, unreadable files left out
+    totals = torch.zeros(5, dtype=torch.float64, device=runtime.device)
     world_size = dist.world_size if dist else 1
     bar = tqdm(loader, desc="eval", unit="batch", leave=False, disable=not progress)
     with torch.random.fork_rng(devices=[]):  # evaluating must not shift the training randomness
         for images, labels in bar:
+            if len(labels) == 0:  # every file of the batch unreadable: left out
+                continue
             labels = labels.to(runtime.device, non_blocking=True)
             with runtime.autocast():
                 logits = model(runtime.inputs(images)).float()
@@ -186,9 +191,16 @@ def evaluate(
             if max_images and totals[3] * world_size >= max_images:
                 break
     bar.close()
+    totals[4] = unreadable_files(loader)
     if dist is not None:
         distributed.all_sum(totals, dist)
     model.train(was_training)
-    loss, top1, top5, n = totals.tolist()
+    loss, top1, top5, n, skipped = totals.tolist()
+    if n == 0:
+        raise DataError(
+            f"no val image could be read ({skipped:.0f} unreadable, each warned about with its "
+            "path): restore the val files, or point data.root at an intact copy"
+        )
     # The image count gives each score its interval (stats.wilson; bnrepro-report).
-    return {"val/loss": loss / n, "val/top1": top1 / n, "val/top5": top5 / n, "val/images": int(n)}
+    return {"val/loss": loss / n, "val/top1": top1 / n, "val/top5": top5 / n,
+            "val/images": int(n), "val/skipped": int(skipped)}  # fmt: skip

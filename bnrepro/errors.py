@@ -10,6 +10,7 @@ Exit statuses (README "Exit statuses"):
     1  a bug: a traceback follows
     2  EXIT_USER_ERROR: bad config, data, checkpoint, run folder or a missing optional dependency
     3  EXIT_DIVERGED: training diverged where divergence was not expected
+  130  EXIT_INTERRUPTED: Ctrl-C (training first checkpoints and stops as on SIGTERM: 0)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 EXIT_OK = 0
 EXIT_USER_ERROR = 2  # bad config, data, checkpoint or run folder: the message says what to do
 EXIT_DIVERGED = 3  # training diverged (non-finite loss or weights) where it was not expected
+EXIT_INTERRUPTED = 130  # Ctrl-C outside training's own handling (128 + SIGINT, the shell's)
 
 
 class CommandError(Exception):
@@ -64,8 +66,14 @@ def full_error() -> bool:
 
 
 def one_line(error: BaseException) -> str:
-    """The error's message on one line (a multi-line message is joined with ' | ')."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    """The error's message on one line (a multi-line message is joined with ' | '). An error
+    raised in a DataLoader worker comes back wrapped in the worker's traceback: its own message
+    is what follows the last `<module>.<ErrorType>: `."""
+    text = str(error)
+    if "\nOriginal Traceback" in text:
+        head = f"{type(error).__module__}.{type(error).__name__}: "
+        text = text.rsplit(head, 1)[-1] if head in text else text
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     return " | ".join(lines) or type(error).__name__
 
 

@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from bnrepro.errors import ConfigError
 from bnrepro.schedule import Every
 
 NONLINEARITIES = (nn.ReLU, nn.Sigmoid)
@@ -28,7 +29,7 @@ class Monitor:
         modules = dict(model.named_modules())
         missing = [name for name in layers if name not in modules]
         if missing:
-            raise ValueError(
+            raise ConfigError(
                 f"trainer.monitor.layers: no module named {missing} in the model; "
                 f"names look like {list(modules)[5:8]} (print(model) lists them all)"
             )
@@ -43,7 +44,7 @@ class Monitor:
                 if isinstance(m, NONLINEARITIES)
             ]
             if not acts:
-                raise ValueError(f"trainer.monitor.layers: {layer!r} contains no ReLU or Sigmoid")
+                raise ConfigError(f"trainer.monitor.layers: {layer!r} contains no ReLU or Sigmoid")
             for name, module in acts:
                 self.handles.append(module.register_forward_pre_hook(self._hook(name)))
 

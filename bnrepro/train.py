@@ -10,7 +10,8 @@
 Everything is counted in images (paper steps = images / 32). Running the same command again in the
 same run folder resumes from its newest valid checkpoint; trainer.resume=PATH resumes from a file.
 On trainer.preempt_signal (SLURM's warning, USR2) the run checkpoints, requeues itself under SLURM
-and exits 0; on SIGTERM (scancel, a time-limit kill) it checkpoints and exits 0 without requeueing.
+and exits 0; on SIGTERM (scancel, a time-limit kill) or Ctrl-C it checkpoints and exits 0 without
+requeueing (a second Ctrl-C stops at once).
 A run whose loss or weights become non-finite stops (`diverged at paper step N: ...`), writes no
 checkpoint past its last finite one, records `diverged` in summary.json and metrics.jsonl, and ends
 with errors.Diverged, exit status 3 (0 under trainer.expect_divergence; a -m sweep goes on first).
@@ -36,8 +37,8 @@ from bnrepro import builders, checkpoint, distributed, engine, provenance, sched
 from bnrepro.checkpoint import Checkpointer, Progress, RunFolder
 from bnrepro.config import check_run, effective_lr, global_batch
 from bnrepro.console import Console, Pace, bars_enabled, eval_line
-from bnrepro.data import skipped_files
-from bnrepro.errors import Diverged, first_names
+from bnrepro.data import DataIdentity, identify, skipped_files, training_sampler
+from bnrepro.errors import CommandError, Diverged, first_names
 from bnrepro.evaluation import bn_stats
 from bnrepro.monitor import Monitor, build_monitor
 from bnrepro.paper import PAPER_BATCH
@@ -67,56 +68,93 @@ class Session:
     monitor: Monitor | None
     global_batch: int
     progress: Progress
+    lock: checkpoint.FolderLock  # rank 0's claim on the run folder (released when it ends)
 
 
 def start(cfg: DictConfig, folder: RunFolder, overrides: list[str] | None = None) -> Session:
-    """Set up the job, build everything, resume from a checkpoint if there is one."""
+    """Set up the job, check everything, build everything, resume from a checkpoint if there is
+    one. Every check (check_start, on every rank together) comes before the first write, and a
+    refused start leaves the disk as it was (FolderLock.abandon)."""
     dist = distributed.setup(cfg.runtime.device, timeout_s=cfg.runtime.dist_timeout_s)
     runtime = engine.build_runtime(cfg.runtime, cfg.data, dist.device)
-    builders.seed_everything(cfg.seed)  # the same initial weights on every rank
-    data = builders.build_data(
-        cfg, rank=dist.rank, world_size=dist.world_size, local_rank=dist.local_rank
-    )
-    batch = global_batch(cfg.data.batch_size, dist.world_size, cfg.trainer.grad_accum)
-    lr = effective_lr(cfg.optim.lr, batch)
-    model = builders.build_model(cfg, data.classes)
     checkpointer = Checkpointer(folder, keep_last=cfg.trainer.keep_last)
     config = OmegaConf.to_container(cfg, resolve=True)
-    arch = builders.arch_of(cfg, data.classes)
-    ckpt = checkpointer.resume_point(cfg.trainer.resume, config, arch, data.classes)
-    model.to(runtime.device)
-    optimizer = builders.build_optimizer(model, cfg.optim, lr)
-    scheduler = schedule.build_scheduler(optimizer, cfg.optim, batch, len(data.train_ds))
-    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
-    progress = checkpoint.restore(ckpt, model, optimizer, scheduler, scaler) if ckpt else Progress()
-    # A position this run's batches cannot continue exactly is refused before anything is written.
-    data.train_loader.sampler.set_epoch(progress.epoch, start_image=progress.images_in_epoch)
-    if ckpt is None or dist.rank > 0:  # a resumed rank 0 continues its saved RNG stream
-        builders.seed_everything(cfg.seed + 1000 * dist.rank + progress.step)
-    tracker = Tracker(
-        cfg,
-        folder,
-        enabled=dist.is_main,
-        images_seen=progress.images_seen,
-        wandb_run_id=ckpt["wandb_run_id"] if ckpt else None,
-        overrides=overrides,
-    )
-    console = Console(folder.log, enabled=dist.is_main)  # the run is accepted: log from here
+    lock = checkpoint.FolderLock(folder.path)  # rank 0's: one process per run folder
+    try:
+        identity, ckpt = distributed.agree(
+            dist, lambda: check_start(cfg, dist, lock, checkpointer, config)
+        )
+        builders.check_same_data(identity, dist)
+    except BaseException as refused:
+        lock.abandon()
+        if isinstance(refused, CommandError):  # raised on every rank together (agree): so that
+            distributed.barrier(dist)  # no rank removes its empty folders while rank 0's lock is in
+        raise
+    try:
+        builders.seed_everything(cfg.seed)  # the same initial weights on every rank
+        data = builders.build_data(cfg, rank=dist.rank, world_size=dist.world_size,
+                                   local_rank=dist.local_rank, identity=identity)  # fmt: skip
+        batch = global_batch(cfg.data.batch_size, dist.world_size, cfg.trainer.grad_accum)
+        lr = effective_lr(cfg.optim.lr, batch)
+        model = builders.build_model(cfg, data.classes).to(runtime.device)
+        optimizer = builders.build_optimizer(model, cfg.optim, lr)
+        scheduler = schedule.build_scheduler(optimizer, cfg.optim, batch, len(data.train_ds))
+        scaler = torch.amp.GradScaler(runtime.device.type,
+                                      enabled=runtime.amp_dtype == torch.float16)  # fmt: skip
+        progress = Progress()
+        if ckpt:
+            progress = checkpoint.restore(ckpt, model, optimizer, scheduler, scaler)
+        data.train_loader.sampler.set_epoch(progress.epoch, start_image=progress.images_in_epoch)
+        if ckpt is None or dist.rank > 0:  # a resumed rank 0 continues its saved RNG stream
+            builders.seed_everything(cfg.seed + 1000 * dist.rank + progress.step)
+        monitor = build_monitor(cfg.trainer.monitor, model, progress.images_seen)
+        step_model = builders.wrap_model(model, cfg, dist, runtime)
+        tracker = Tracker(  # the run is accepted: its files are written from here on
+            cfg, folder, enabled=dist.is_main, images_seen=progress.images_seen,
+            wandb_run_id=ckpt["wandb_run_id"] if ckpt else None, overrides=overrides,
+        )  # fmt: skip
+    except BaseException:
+        lock.abandon()
+        raise
+    console = Console(folder.log, enabled=dist.is_main)
     resumed = f" | resumed at {progress.images_seen} images" if ckpt else ""
     console.print(f"run folder {folder.path} | {cfg.experiment_name} | effective LR {lr:g} (optim.lr "
                   f"{cfg.optim.lr:g} x {batch}/{PAPER_BATCH}) | global batch {batch} "
                   f"| device {runtime.device} | world {dist.world_size}{resumed} | "
                   f"{provenance.code_version()}")  # fmt: skip
     return Session(
-        cfg, folder, dist, runtime, data, model,
-        step_model=builders.wrap_model(model, cfg, dist, runtime),
+        cfg, folder, dist, runtime, data, model, step_model=step_model,
         optimizer=optimizer, scheduler=scheduler, scaler=scaler,
         cadence=schedule.Cadence(cfg.trainer, progress.images_seen),
         checkpointer=checkpointer, tracker=tracker, console=console,
-        pace=Pace(progress.images_seen),
-        monitor=build_monitor(cfg.trainer.monitor, model, progress.images_seen),
-        global_batch=batch, progress=progress,
+        pace=Pace(progress.images_seen), monitor=monitor,
+        global_batch=batch, progress=progress, lock=lock,
     )  # fmt: skip
+
+
+def check_start(
+    cfg: DictConfig,
+    dist: distributed.Dist,
+    lock: checkpoint.FolderLock,
+    checkpointer: Checkpointer,
+    config: dict,
+) -> tuple[DataIdentity, dict | None]:
+    """Everything a start can be refused for, writing nothing (but rank 0's lock on the run
+    folder): no other process in it, the data (what it holds, from its file lists alone: a
+    synthetic tree not generated yet included), the checkpoint to resume (its model, classes,
+    config and data) and the data position to continue. Returns (data identity, checkpoint)."""
+    # Rank 0's lock first, agreed on: every rank then reaches identify's collectives together.
+    distributed.agree(dist, lambda: lock.acquire() if dist.is_main else None)
+    identity = identify(cfg.data, rank=dist.rank, local_rank=dist.local_rank,
+                        world_size=dist.world_size)  # fmt: skip
+    classes = list(identity.classes)
+    arch = builders.arch_of(cfg, classes)
+    ckpt = checkpointer.resume_point(cfg.trainer.resume, config, arch, classes, identity.record())
+    epoch, position = checkpoint.data_position(ckpt) if ckpt else (0, 0)
+    sampler = training_sampler(cfg.data, identity.train_files, seed=cfg.seed, rank=dist.rank,
+                               world_size=dist.world_size)  # fmt: skip
+    sampler.set_epoch(epoch, start_image=position)  # refuses a position it cannot continue
+    return identity, ckpt
 
 
 def train(
@@ -130,12 +168,16 @@ def train(
     check_run(cfg)
     folder = RunFolder(run_dir or Path(cfg.out_dir) / cfg.run_name)
     with distributed.Preemption(cfg.trainer.preempt_signal) as preemption:  # no signal lost
-        s = start(cfg, folder, overrides)
+        s = start(cfg, folder, overrides)  # Ctrl-C here stops it at once, nothing written
+        preemption.catch_ctrl_c()  # from here, Ctrl-C checkpoints and stops
         try:
-            preempted, diverged = loop(s, preemption), None
-        except Diverged as why:  # nothing was evaluated, logged or saved past this point
-            preempted, diverged = False, str(why)
-        return finish(s, preempted=preempted, requeue=preemption.requeue, diverged=diverged)
+            try:
+                preempted, diverged = loop(s, preemption), None
+            except Diverged as why:  # nothing was evaluated, logged or saved past this point
+                preempted, diverged = False, str(why)
+            return finish(s, preempted=preempted, requeue=preemption.requeue, diverged=diverged)
+        finally:
+            s.lock.release()  # the next process may have the run folder
 
 
 def loop(s: Session, preemption: distributed.Preemption) -> bool:
@@ -263,6 +305,7 @@ def save_checkpoints(s: Session, *, periodic: bool, best: bool) -> None:
             s.model, s.optimizer, s.scheduler, s.scaler, p,
             arch=builders.arch_of(s.cfg, s.data.classes), classes=s.data.classes,
             config=OmegaConf.to_container(s.cfg, resolve=True), wandb_run_id=s.tracker.run_id,
+            data_identity=s.data.identity.record(),
         )  # fmt: skip
         written = s.checkpointer.save(state, periodic=periodic, best=best)
         s.tracker.log_checkpoints(written, images_seen=p.images_seen)

@@ -22,7 +22,11 @@ def fake_ckpt(images_seen: int, **changes) -> dict:
         "rng": checkpoint.rng_state(),
         "images_seen": images_seen,
         "config": {"seed": 0, "optim": {"lr": 0.1}, "trainer": {"max_images": 10}},
-    }
+        # what a run resumes from (checkpoint.TRAINING_KEYS)
+        "optimizer": {}, "scheduler": {}, "scaler": None, "step": 1, "wandb_run_id": None,
+        "data": {"epoch": 0, "images_in_epoch": images_seen},
+        "best": {"val/top1": 0.0, "val/top5": 0.0},
+    }  # fmt: skip
     return ckpt | changes
 
 

@@ -117,15 +117,16 @@ def test_refusals_leave_the_run_folder_untouched(tiny_overrides, tmp_path):
     assert summary["images_seen"] == 16 and (tmp_path / "bn_x30_lr0.1_seed0").is_dir()
     assert digest(run_dir) == before
 
-    # a truncated checkpoint: refused when named, skipped (with a warning) when found
+    # a truncated checkpoint: refused when named, and when found with nothing valid left: the
+    # folder is never restarted from scratch over its metrics, best.pt and summary (issue 20)
     ckpt.write_bytes(ckpt.read_bytes()[:5000])
     before = digest(run_dir)
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         T.train(compose("train", [*tiny_overrides, f"trainer.resume={ckpt}"]))
     assert digest(run_dir) == before
-    with pytest.warns(UserWarning, match="ckpt_000000000048.pt is unreadable"):
-        summary = T.train(compose("train", tiny_overrides))  # nothing valid left: starts afresh
-    assert summary["images_seen"] == 96
+    with pytest.raises(CheckpointError, match="no checkpoint it can continue.*truncated"):
+        T.train(compose("train", tiny_overrides))
+    assert digest(run_dir) == before
 
 
 def test_unknown_config_keys_fail_in_hydra(tiny_overrides):

@@ -252,7 +252,7 @@ def test_ensemble_members_get_their_checkpoints_normalisation():
     def member(normalization):
         loaded = checkpoint.Loaded(Path("x.pt"), nn.Identity(), {"name": "x", "kwargs": {}}, [],
                                    {}, 0, normalization, None)  # fmt: skip
-        return ensemble.Member(loaded, "x")
+        return ensemble.Member(loaded, "x", sha256="0" * 64)
 
     caffe = (list(CAFFE_MEAN), list(CAFFE_STD))
     own = (list(data.mean), list(data.std))

@@ -15,19 +15,24 @@ mnist       real MNIST digits offline
 
 from bnrepro.data.datasets import (
     ArrayImages,
+    DataIdentity,
     ImageFiles,
     TrainBatch,
     WholeImages,
     build_datasets,
+    data_changes,
+    identify,
+    identity_of,
     skipped_files,
 )
 from bnrepro.data.gpu_decode import DeviceDecodeLoader
 from bnrepro.data.layouts import Split, find_imagenet
 from bnrepro.data.loaders import build_train_loader, build_val_loader, whole_image_loader
-from bnrepro.data.sampler import EpochSampler
+from bnrepro.data.sampler import EpochSampler, training_sampler
 
 __all__ = [
     "ArrayImages",
+    "DataIdentity",
     "DeviceDecodeLoader",
     "EpochSampler",
     "ImageFiles",
@@ -37,7 +42,11 @@ __all__ = [
     "build_datasets",
     "build_train_loader",
     "build_val_loader",
+    "data_changes",
     "find_imagenet",
+    "identify",
+    "identity_of",
     "skipped_files",
+    "training_sampler",
     "whole_image_loader",
 ]

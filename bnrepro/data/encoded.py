@@ -114,11 +114,16 @@ class EncodedLoader:
         for i, sample in enumerate(samples):
             if images[i] is None:  # unreadable or refused: the CPU path (the next readable file)
                 image, label, *color = self.ds[sample.key]  # training: its colour too
+                if image is None:  # unreadable at evaluation: left out (ImageFiles.__getitem__)
+                    continue
                 images[i] = image.to(self.device)
             else:
                 label, color = sample.label, [T.color_params(sample.params.color_ops)]
             labels.append(label)
             colors += color
+        images = [image for image in images if image is not None]
+        if not images:  # evaluation, every file of the batch unreadable
+            return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
         out, labels = torch.stack(images), torch.tensor(labels, dtype=torch.int64)
         if not self.ds.train:
             return out, labels

@@ -18,6 +18,7 @@ process of any node that still sees only the tars), never on every rank at once.
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,12 +44,21 @@ class Split:
 
     @classmethod
     def of(cls, root: Path, paths: list[str], labels: list[int]) -> Split:
-        """From paths relative to root (plain strings: ImageNet has 1.3M of them)."""
-        files = np.array([p.encode() for p in paths], dtype=bytes)
+        """From paths relative to root (plain strings: ImageNet has 1.3M of them). A name that
+        is not UTF-8 keeps its bytes (os.fsencode), so it is read like any other file."""
+        files = np.array([os.fsencode(p) for p in paths], dtype=bytes)
         return cls(str(root), files, np.array(labels, dtype=np.int64))
 
     def path(self, i: int) -> str:
-        return os.path.join(self.root, self.files[i].decode())
+        return os.path.join(self.root, os.fsdecode(self.files[i]))
+
+    def fingerprint(self) -> str:
+        """sha256 of the (path, label) pairs in path order: the same for any copy of the same
+        files under any root, whatever order they were listed in. No file is opened."""
+        order = np.argsort(self.files, kind="stable")
+        digest = hashlib.sha256(self.files[order].tobytes())
+        digest.update(self.labels[order].tobytes())
+        return digest.hexdigest()
 
 
 def find_imagenet(root: str | Path) -> tuple[Split, Split, list[str]]:
@@ -65,28 +75,62 @@ def find_imagenet(root: str | Path) -> tuple[Split, Split, list[str]]:
             f"no train/ folder in {images}: expected train/<wnid>/*.JPEG (ImageFolder or Kaggle), "
             f"or the original tars {', '.join(TARS)} in {root}"
         )
-    classes = sorted(d.name for d in os.scandir(images / "train") if d.is_dir())
+    classes = class_names(images / "train")
     if not classes:
         raise DataError(f"{images / 'train'} has no class folders (train/<wnid>/*.JPEG)")
     train = _class_folders(images / "train", classes, images)
     val_dir = images / "val"
     if not val_dir.is_dir():
         raise DataError(f"no val/ folder in {images}")
-    if any(d.is_dir() for d in os.scandir(val_dir)):
-        folders = sorted(d.name for d in os.scandir(val_dir) if d.is_dir())
+    folders = class_names(val_dir)
+    if folders:
         val = _class_folders(val_dir, folders, images, classes)
     else:
         val = _flat_val(val_dir, images, classes, [root, images, val_dir])
     return train, val, classes
 
 
+def _entries(folder: Path) -> list[os.DirEntry]:
+    """The entries of `folder`; DataError naming it when it cannot be listed (permissions)."""
+    try:
+        return list(os.scandir(folder))
+    except OSError as e:
+        raise DataError(
+            f"cannot list {folder} ({e.strerror or e}): make it readable, or point data.root at "
+            "a copy you can read"
+        ) from e
+
+
+def class_names(folder: Path) -> list[str]:
+    """The class folders in `folder`, sorted: symbolic links to folders included, hidden ones
+    (.ipynb_checkpoints) not. A link that leads nowhere, not named as an image, is refused: a
+    class would otherwise vanish unseen."""
+    entries = _entries(folder)
+    broken = [
+        e.name
+        for e in entries
+        if e.is_symlink() and not (e.is_dir() or e.is_file() or _is_image_name(e.name))
+    ]
+    if broken:
+        raise DataError(
+            f"{folder / broken[0]} is a symbolic link that leads nowhere: restore its target, or "
+            "remove the link"
+        )
+    return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+
+
 def _image_files(folder: Path) -> list[str]:
-    """Names of the image files in `folder`, sorted."""
+    """Names of the image files in `folder`, sorted. A symbolic link that leads nowhere is listed
+    too: reading it fails, so it is warned about and counted like any unreadable file."""
     return sorted(
         e.name
-        for e in os.scandir(folder)
-        if e.is_file() and not e.name.startswith(".") and e.name.lower().endswith(IMG_EXTENSIONS)
+        for e in _entries(folder)
+        if (e.is_file() or e.is_symlink()) and _is_image_name(e.name)
     )
+
+
+def _is_image_name(name: str) -> bool:
+    return not name.startswith(".") and name.lower().endswith(IMG_EXTENSIONS)
 
 
 def _class_folders(

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING
 
 import torch
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
-from bnrepro.data.datasets import ImageFiles, WholeImages, collate_train
+from bnrepro.data.datasets import ImageFiles, WholeImages, collate_train, skipped_files
 from bnrepro.data.gpu_decode import DeviceDecodeLoader
-from bnrepro.data.sampler import EpochSampler, loader_kwargs
+from bnrepro.data.sampler import loader_kwargs, training_sampler
 
 if TYPE_CHECKING:
     from bnrepro.data.dali import DaliLoader
@@ -49,15 +49,7 @@ def build_train_loader(
 ) -> DataLoader | DeviceDecodeLoader | DaliLoader:
     """Full TrainBatches (images, labels, colour parameters); `loader.sampler.set_epoch(e,
     start_image)` before each epoch. len(loader) = batches left in the current epoch."""
-    sampler = EpochSampler(
-        len(train_ds),
-        batch_size=data_cfg.batch_size,
-        seed=seed,
-        rank=rank,
-        world_size=world_size,
-        shuffle=data_cfg.shuffle,
-        shard_size=data_cfg.shard_size,
-    )
+    sampler = training_sampler(data_cfg, len(train_ds), seed=seed, rank=rank, world_size=world_size)
     decoder = _decoder(data_cfg, train_ds, train=True)
     if decoder == "dali":
         from bnrepro.data.dali import DaliLoader  # the optional extra: imported only when asked
@@ -85,8 +77,24 @@ def build_val_loader(
 
         return DaliLoader(data_cfg, val_ds, indices, device=_dali_device(), drop_last=False)
     return DataLoader(
-        val_ds, batch_size=data_cfg.batch_size, sampler=indices, **loader_kwargs(data_cfg)
-    )
+        val_ds, batch_size=data_cfg.batch_size, sampler=indices, collate_fn=_readable_batch,
+        **loader_kwargs(data_cfg),
+    )  # fmt: skip
+
+
+def _readable_batch(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """A val batch without its unreadable files (None: left out, warned about and counted by
+    ImageFiles.try_load); empty if none was readable."""
+    readable = [(image, label) for image, label in batch if image is not None]
+    if not readable:
+        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
+    return default_collate(readable)
+
+
+def unreadable_files(loader) -> int:
+    """How many files of this loader's dataset were found unreadable so far (every worker
+    process): an evaluation leaves them out and says how many."""
+    return skipped_files(loader.dataset if isinstance(loader, DataLoader) else loader.ds)
 
 
 def _whole_images_batch(batch: list) -> tuple[list[torch.Tensor], torch.Tensor, int]:

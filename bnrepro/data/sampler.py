@@ -131,6 +131,17 @@ class EpochSampler(Sampler):
         return self._batches_left() * self.batch_size
 
 
+def training_sampler(
+    data_cfg: DictConfig, size: int, *, seed: int, rank: int, world_size: int
+) -> EpochSampler:
+    """The training order of `size` images under data_cfg (ConfigError for settings it cannot
+    follow: fewer images than one batch, shards that batches do not divide)."""
+    return EpochSampler(
+        size, batch_size=data_cfg.batch_size, seed=seed, rank=rank, world_size=world_size,
+        shuffle=data_cfg.shuffle, shard_size=data_cfg.shard_size,
+    )  # fmt: skip
+
+
 def loader_kwargs(data_cfg: DictConfig) -> dict:
     """DataLoader settings shared by every loader: workers, pinned memory on GPU machines."""
     workers = int(data_cfg.num_workers)

@@ -12,17 +12,22 @@ colour nor any single pixel gives the class away: a small conv net learns it in 
 steps at 64 px, not in twenty.
 
 Generated once: built in a temporary folder and renamed into place, so an interrupted run or a
-second rank never sees half a tree. A tree made with other parameters is regenerated.
+second rank never sees half a tree. A tree made with other parameters is regenerated, but only a
+tree the generator can prove it made (`tree_state`: its manifest's keys, and no file the manifest
+does not describe); any other non-empty folder is refused, never written into nor removed.
     bnrepro-synthetic --out /tmp/synthetic --classes 10
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import math
 import os
+import re
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,14 +44,17 @@ class NotASyntheticTree(UserError, FileExistsError):
 
 
 VERSION = 2  # bump when the images change for the same parameters
+# A manifest's keys: exactly these.
+PARAMETERS = ("version", "num_classes", "train_per_class", "val_per_class", "min_side",
+              "max_side", "quality", "seed")  # fmt: skip
+CSV = "LOC_val_solution.csv"
+MANIFEST = "manifest.json"
 SHAPES = ("disc", "square", "triangle", "ring", "cross")
 TEXTURES = ("solid", "hstripes", "vstripes", "checks", "dots")
 
 
 def class_specs(num_classes: int, seed: int) -> list[tuple[str, str, str, int]]:
     """(wnid, shape, texture, colour family or -1) per class, in sorted-wnid order."""
-    if num_classes < 2:
-        raise ConfigError(f"data.num_classes must be >= 2 for data=synthetic, got {num_classes}")
     rng = np.random.default_rng([seed, 0])
     combos = [(s, t) for s in SHAPES for t in TEXTURES]
     families = math.ceil(num_classes / len(combos))
@@ -146,28 +154,34 @@ def generate(out: Path, params: dict) -> None:
         folder.mkdir(parents=True)
         for k in range(params["train_per_class"]):
             img, _ = draw_image(spec, families, *sides, np.random.default_rng([seed, 1, c, k]))
-            img.save(folder / f"{spec[0]}_{k}.JPEG", quality=quality)
+            img.save(folder / _train_name(spec[0], k), quality=quality)
     (out / "val").mkdir()
-    val = [(c, k) for c in range(len(specs)) for k in range(params["val_per_class"])]
-    order = np.random.default_rng([seed, 2]).permutation(len(val))
     rows = ["ImageId,PredictionString"]
-    for n, j in enumerate(order, start=1):
-        c, k = val[j]
+    for n, (c, k) in enumerate(_val_order(params), start=1):
         img, box = draw_image(specs[c], families, *sides, np.random.default_rng([seed, 3, c, k]))
-        name = f"ILSVRC2012_val_{n:08d}"
+        name = _val_name(n)
         img.save(out / "val" / f"{name}.JPEG", quality=quality)
         rows.append(f"{name},{specs[c][0]} {' '.join(map(str, box))}")
-    (out / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
-    (out / "manifest.json").write_text(json.dumps(params, indent=1))  # last: marks it complete
+    (out / CSV).write_text("\n".join(rows) + "\n")
+    (out / MANIFEST).write_text(json.dumps(params, indent=1))  # last: marks it complete
 
 
-def _manifest(root: Path) -> dict | None:
-    path = root / "manifest.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+def _train_name(wnid: str, k: int) -> str:
+    return f"{wnid}_{k}.JPEG"
 
 
-def ensure_tree(
-    root: str | Path,
+def _val_name(n: int) -> str:
+    return f"ILSVRC2012_val_{n:08d}"
+
+
+def _val_order(params: dict) -> list[tuple[int, int]]:
+    """(class, k) of val file 1, 2, ...: the classes interleaved in a fixed random order."""
+    val = [(c, k) for c in range(params["num_classes"]) for k in range(params["val_per_class"])]
+    order = np.random.default_rng([params["seed"], 2]).permutation(len(val))
+    return [val[j] for j in order]
+
+
+def tree_params(
     *,
     num_classes: int,
     train_per_class: int,
@@ -176,9 +190,11 @@ def ensure_tree(
     max_side: int,
     quality: int,
     seed: int,
-) -> Path:
-    """The synthetic tree at `root`, generated there unless it already exists with the same
-    parameters. A folder that is neither empty nor a synthetic tree is an error, never removed."""
+) -> dict:
+    """The generator's parameters (what manifest.json records), checked: ConfigError naming the
+    key otherwise."""
+    if num_classes < 2:
+        raise ConfigError(f"data.num_classes must be >= 2 for data=synthetic, got {num_classes}")
     if not 0 < min_side <= max_side:
         raise ConfigError(
             "data.synthetic.min_side and data.synthetic.max_side must satisfy 0 < min_side <= "
@@ -191,38 +207,236 @@ def ensure_tree(
             "data.synthetic.train_per_class and data.synthetic.val_per_class must be >= 1, got "
             f"{train_per_class} and {val_per_class}"
         )
-    params = dict(
+    return dict(
         version=VERSION, num_classes=num_classes, train_per_class=train_per_class,
         val_per_class=val_per_class, min_side=min_side, max_side=max_side, quality=quality,
         seed=seed,
     )  # fmt: skip
+
+
+def planned_files(params: dict) -> tuple[list[str], list[tuple[str, int]], list[tuple[str, int]]]:
+    """(classes, train (path, label), val (path, label)) of the tree `params` describes, paths
+    relative to its root as the ImageNet reader lists them: known without generating it."""
+    classes = [spec[0] for spec in class_specs(params["num_classes"], params["seed"])]
+    train = [
+        (f"train/{wnid}/{_train_name(wnid, k)}", c)
+        for c, wnid in enumerate(classes)
+        for k in range(params["train_per_class"])
+    ]
+    val = [(f"val/{_val_name(n)}.JPEG", c) for n, (c, _) in enumerate(_val_order(params), start=1)]
+    return classes, train, val
+
+
+def _manifest(root: Path) -> dict | None:
+    """The tree's manifest, or None when there is none or it is no generator's manifest."""
+    try:
+        manifest = json.loads((root / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def _not_ours(root: Path, manifest: dict | None) -> str | None:
+    """Why the folder `root` cannot be proven to be a tree the generator made (None: it is one):
+    a generator's manifest (its keys exactly), and nothing in the folder but the files that
+    manifest describes, by name and count. Read-only: lists the folder, opens no image."""
+    if manifest is None:
+        return f"it has no readable {MANIFEST} of the generator"
+    if sorted(manifest) != sorted(PARAMETERS) or not all(
+        isinstance(manifest[k], int) and not isinstance(manifest[k], bool) for k in PARAMETERS
+    ):
+        return f"its {MANIFEST} is not the generator's (keys {', '.join(PARAMETERS)})"
+    try:
+        return _foreign_files(root, manifest)
+    except OSError as e:
+        return f"it cannot be listed ({e.strerror or e})"
+
+
+def _foreign_files(root: Path, manifest: dict) -> str | None:
+    """What in `root` the generator of `manifest` would not have made, in words (None: nothing);
+    names are compared only where their count matches (a manifest's numbers size no set)."""
+    extra = {e.name for e in os.scandir(root)} - {"train", "val", CSV, MANIFEST}
+    if extra:
+        return f"it holds files the generator does not make ({', '.join(sorted(extra))})"
+    classes = list(os.scandir(root / "train"))
+    if len(classes) != manifest["num_classes"]:
+        return f"train/ holds {len(classes)} entries, not {manifest['num_classes']} classes"
+    for folder in classes:
+        if folder.is_symlink() or not folder.is_dir() or not re.fullmatch(r"n\d{8}", folder.name):
+            return f"train/{folder.name} is not a class folder of the generator"
+        names = {e.name for e in os.scandir(folder.path)}
+        k = manifest["train_per_class"]
+        if len(names) != k or names != {_train_name(folder.name, i) for i in range(k)}:
+            return f"train/{folder.name} holds other files than the generator's"
+    names = {e.name for e in os.scandir(root / "val")}
+    n = manifest["num_classes"] * manifest["val_per_class"]
+    if len(names) != n or names != {f"{_val_name(i)}.JPEG" for i in range(1, n + 1)}:
+        return "val/ holds other files than the generator's"
+    return None
+
+
+def tree_state(root: str | Path, params: dict) -> str:
+    """What `root` holds: "ready" (the tree of `params`), "missing" (nothing: absent or an empty
+    folder) or "other" (a tree the generator made with other parameters, provably its own);
+    NotASyntheticTree for anything else, which the generator never writes into nor removes.
+    Read-only."""
     root = Path(root).expanduser()
-    manifest = root / "manifest.json"
-    if manifest.is_file():
-        if _manifest(root) == params:
-            return root
-        print(f"[bnrepro] {root} was generated with other parameters: regenerating it")
-    elif root.exists() and any(root.iterdir()):
+    if not root.exists():
+        return "missing"
+    if not root.is_dir():
         raise NotASyntheticTree(
-            f"{root} is not empty and is not a synthetic tree (no manifest.json): "
-            "set data.root to a new folder, or empty this one"
+            f"data.root={root} is a file, not a folder: set data.root to a folder for the "
+            "synthetic data"
         )
     try:
-        root.parent.mkdir(parents=True, exist_ok=True)
+        empty = not any(root.iterdir())
     except OSError as e:
         raise DataError(
-            f"cannot make the synthetic data's folder data.root={root} ({e.strerror}): point "
-            "data.root (or $BNREPRO_CACHE) at a folder you can write"
+            f"cannot read data.root={root} ({e.strerror or e}): point data.root (or "
+            "$BNREPRO_CACHE) at a folder you can read and write"
         ) from e
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    if empty:
+        return "missing"
+    manifest = _manifest(root)
+    if manifest == params:
+        return "ready"
+    reason = _not_ours(root, manifest)
+    if reason is not None:
+        raise NotASyntheticTree(
+            f"data.root={root} is not empty and is not a synthetic tree this generator can prove "
+            f"it made ({reason}), so it is neither used nor replaced: set data.root to a new "
+            "folder, or move this one away"
+        )
+    if root.absolute() not in _READING:  # this process's own reading ends when it replaces it
+        fd = _take(root)  # refuses a tree another process reads
+        if fd is None:  # another process was replacing it: look again
+            return tree_state(root, params)
+        os.close(fd)
+    return "other"
+
+
+# The trees this process reads: a shared flock on each one's manifest, held while it lives, so
+# that no other process replaces a tree under a run that reads it (ensure_tree refuses to).
+_READING: dict[Path, int] = {}
+
+
+def hold_tree(root: str | Path, params: dict) -> None:
+    """Mark the tree of `params` at `root` as read by this process until it ends. DataError if
+    it is not that tree any more (another process replaced it since it was listed)."""
+    root = Path(root).expanduser().absolute()
+    path = root / MANIFEST
+    if root in _READING and _same_file(_READING[root], path):
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        fd = None
+    try:
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # waits out a replacement under way (seconds)
+    except OSError:  # a filesystem without locks: nothing to hold
+        os.close(fd)
+        return
+    if fd is None or not _same_file(fd, path) or _manifest(root) != params:
+        if fd is not None:
+            os.close(fd)
+        raise DataError(
+            f"the synthetic tree at data.root={root} was replaced by another process while this "
+            "one started: run again, or give each set of data.synthetic.* its own data.root"
+        )
+    _READING[root] = fd
+
+
+def _take(root: Path) -> int | None:
+    """An exclusive flock on the tree's manifest (its fd: close it to let go), so that no other
+    process reads the tree (hold_tree) while this one replaces it. None when another process was
+    replacing it (returned once that is done: look again); DataError naming the fix when another
+    process reads it."""
+    try:
+        fd = os.open(root / MANIFEST, os.O_RDONLY)
+    except FileNotFoundError:  # replaced this very moment
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd
+    except BlockingIOError:
+        pass
+    except OSError:  # a filesystem without locks: who reads it cannot be known
+        return fd
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:  # held exclusively: another process is replacing it
+        fcntl.flock(fd, fcntl.LOCK_SH)  # until it is done
+        os.close(fd)
+        return None
+    os.close(fd)
+    raise DataError(
+        f"data.root={root} holds a synthetic tree of other parameters that another run is "
+        "reading: it is not replaced under it. Give each set of data.synthetic.* its own "
+        "data.root, or wait for that run to end"
+    )
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Is the open file `fd` the one at `path` now (not one its holder removed meanwhile)?"""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except OSError:
+        return False
+
+
+def ensure_tree(root: str | Path, **knobs: int) -> Path:
+    """The synthetic tree at `root` (`knobs`: tree_params' keywords), generated there unless it
+    already exists with the same parameters. A tree the generator provably made with other
+    parameters (tree_state) is replaced; any other non-empty folder is an error, never written
+    into nor removed."""
+    params = tree_params(**knobs)
+    root = Path(root).expanduser()
+    state = tree_state(root, params)
+    while state == "other":
+        if (fd := _READING.pop(root.absolute(), None)) is not None:
+            os.close(fd)  # this process's own reading of the old tree ends here
+        taken = _take(root)  # held until the old tree is gone: no one starts reading it
+        if taken is not None:
+            break
+        state = tree_state(root, params)  # another process replaced it meanwhile
+    if state == "ready":
+        hold_tree(root, params)
+        return root
+    if state == "other":
+        print(f"[bnrepro] {root} was generated with other parameters: regenerating it")
+    try:
+        _generate_into(root, params, replace=state == "other")
+    finally:
+        if state == "other":
+            os.close(taken)
+    hold_tree(root, params)
+    return root
+
+
+def _generate_into(root: Path, params: dict, *, replace: bool) -> None:
+    """Generate in a temporary folder beside `root`, then rename it into place (`replace`: after
+    moving the old tree of other parameters, which this process holds, aside and deleting it)."""
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        # A name of its own (never another process's temporary folder, on any host).
+        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    except OSError as e:
+        raise DataError(
+            f"cannot make the synthetic data's folder data.root={root} ({e.strerror or e}): "
+            "point data.root (or $BNREPRO_CACHE) at a folder you can write"
+        ) from e
     start = time.perf_counter()
-    generate(tmp, params)
+    try:
+        generate(tmp, params)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # ours alone: a name no one else has
+        raise
     if _manifest(root) == params:  # another process (rank) finished first
         shutil.rmtree(tmp)
-        return root
-    if manifest.is_file():  # ours, with other parameters: move aside, then delete
-        old = root.parent / f".{root.name}.old-{os.getpid()}"
+        return
+    if replace:  # the old tree, which no one reads: aside, then gone
+        old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
         os.rename(root, old)
         shutil.rmtree(old)
     try:
@@ -231,11 +445,10 @@ def ensure_tree(
         shutil.rmtree(tmp)
         if _manifest(root) != params:
             raise
-    n = num_classes * (train_per_class + val_per_class)
+    n = params["num_classes"] * (params["train_per_class"] + params["val_per_class"])
     print(
         f"[bnrepro] generated {n} synthetic images in {root} ({time.perf_counter() - start:.1f} s)"
     )
-    return root
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -153,6 +153,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.batches < 1:
         raise ConfigError(f"--batches must be >= 1, got {args.batches}")
+    if args.out and Path(args.out).exists():  # checked before the work, never overwritten
+        raise ConfigError(f"--out {args.out} exists: give a new file name")
 
     loaded = checkpoint.load_model(args.checkpoint)
     cfg = checkpoint_config(loaded, args.overrides)

@@ -61,6 +61,7 @@ class Member:
 
     checkpoint: checkpoint.Loaded
     name: str
+    sha256: str  # of the file: exactly which network (results.json records it)
 
     @property
     def path(self) -> Path:
@@ -87,15 +88,23 @@ class Member:
 
 
 def load_members(specs: str | list[str], which: str) -> list[Member]:
-    """The checkpoints `specs` names (checkpoint.find), each rebuilt; two checkpoints of one run
-    are told apart by file name."""
-    members = []
+    """The checkpoints `specs` names (checkpoint.find: one file reached twice is refused), each
+    rebuilt; two files with the same content (a copy) are refused too: one network would count
+    twice. Two checkpoints of one run are told apart by file name."""
+    members, files = [], {}
     for path in checkpoint.find(specs, which):
         try:
             loaded = checkpoint.load_model(path)
         except checkpoint.CheckpointError as e:
             raise EnsembleError(f"ensemble member {path}: {e}") from e
-        members.append(Member(loaded, loaded.config.get("run_name") or path.stem))
+        sha = file_sha256(path)
+        if sha in files:
+            raise EnsembleError(
+                f"ensemble members {files[sha]} and {path} hold the same network (sha256 "
+                f"{sha[:12]}...): it would count twice; list each network once"
+            )
+        files[sha] = path
+        members.append(Member(loaded, loaded.config.get("run_name") or path.stem, sha))
     names = [m.name for m in members]
     for m in members:
         if names.count(m.name) > 1:
@@ -288,8 +297,26 @@ def _rows(members: list[Member], ev: Evaluation, cfg: DictConfig, set_names: lis
 
 def evaluate_ensemble(cfg: DictConfig, run_dir: str | Path) -> dict:
     """bnrepro-ensemble: check everything, evaluate, write results.json/.md (and probs.npz) into
-    `run_dir`, log to W&B if asked; returns the results."""
+    `run_dir`, log to W&B if asked; returns the results. The folder is this process's alone
+    (checkpoint.FolderLock) and must hold no earlier results; a refused run leaves it as it
+    was."""
     run_dir = Path(run_dir)
+    lock = checkpoint.FolderLock(run_dir).acquire("ensemble folder")
+    try:
+        if (run_dir / "results.json").exists():
+            raise EnsembleError(
+                f"{run_dir} holds the results of another evaluation: give a new folder "
+                "(hydra.run.dir=...), never one with results in it"
+            )
+        return _evaluate_into(cfg, run_dir)
+    except BaseException:
+        lock.abandon()
+        raise
+    finally:
+        lock.release()
+
+
+def _evaluate_into(cfg: DictConfig, run_dir: Path) -> dict:
     device = distributed.resolve_device(cfg.runtime.device, key="runtime.device")
     runtime = engine.build_runtime(cfg.runtime, cfg.data, device)
     specs = cfg.checkpoints
@@ -358,7 +385,7 @@ def _member_record(m: Member, runtime: engine.Runtime, cfg: DictConfig) -> dict:
         "images_seen": m.checkpoint.images_seen,
         "changes": m.changes(),
         "selected_on_val": m.selected_on_val,
-        "sha256": file_sha256(m.path),  # exactly which file was evaluated
+        "sha256": m.sha256,  # exactly which file was evaluated
         "wandb_run_id": m.checkpoint.wandb_run_id,
         "artifact": tracking.member_artifact_name(m.checkpoint.wandb_run_id, m.name),
         "input_mean": [v / 255 for v in runtime.mean.flatten().tolist()],  # data-config units
