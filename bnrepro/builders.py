@@ -56,7 +56,7 @@ def build_data(cfg: DictConfig, *, rank: int, world_size: int) -> Data:
 
 def arch_of(cfg: DictConfig, classes: list[str]) -> dict:
     """What rebuilds the network: timm name + keyword arguments (stored in checkpoints)."""
-    kwargs = model_kwargs(cfg.model, len(classes), cfg.data.in_chans)
+    kwargs = model_kwargs(cfg.model, len(classes), cfg.data.in_chans, cfg.data.train_crop)
     return {"name": cfg.model.name, "kwargs": OmegaConf.to_container(OmegaConf.create(kwargs))}
 
 

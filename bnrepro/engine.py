@@ -150,8 +150,9 @@ def evaluate(
     dist: distributed.Dist | None = None,
     progress: bool = False,
 ) -> dict:
-    """Single-centre-crop val loss, top-1, top-5 (fractions), summed over ranks; the first
-    `max_images` images (over all ranks) when given. `progress`: draw a bar (a terminal's)."""
+    """Single-centre-crop val loss, top-1, top-5 (fractions) and the images they count (for
+    their intervals), summed over ranks; the first `max_images` images (over all ranks) when
+    given. `progress`: draw a bar (a terminal's)."""
     if dist is not None:
         distributed.broadcast_buffers(model, dist)  # every rank evaluates rank 0's model
     was_training = model.training
@@ -176,4 +177,4 @@ def evaluate(
         distributed.all_sum(totals, dist)
     model.train(was_training)
     loss, top1, top5, n = totals.tolist()
-    return {"val/loss": loss / n, "val/top1": top1 / n, "val/top5": top5 / n}
+    return {"val/loss": loss / n, "val/top1": top1 / n, "val/top5": top5 / n, "val/images": int(n)}

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from bnrepro import builders, checkpoint, distributed, engine, provenance, schedule
 from bnrepro.checkpoint import Checkpointer, Progress, RunFolder
-from bnrepro.config import check_run, effective_lr, global_batch
+from bnrepro.config import check_run, effective_lr, global_batch, has_bn, lr_rule, pop_stats_batches
 from bnrepro.console import Console, Pace, bars_enabled, eval_line
 from bnrepro.data import skipped_files
 from bnrepro.errors import Diverged, first_names
@@ -42,6 +42,7 @@ from bnrepro.evaluation import bn_stats
 from bnrepro.monitor import Monitor, build_monitor
 from bnrepro.paper import PAPER_BATCH
 from bnrepro.schema import TrainSchema, check
+from bnrepro.stats import fraction_interval
 from bnrepro.tracking import Tracker
 
 
@@ -66,6 +67,7 @@ class Session:
     pace: Pace  # images/s and ETA for the eval lines
     monitor: Monitor | None
     global_batch: int
+    pop_stats_batches: int  # Algorithm 2's batches at the final evaluation (0: none)
     progress: Progress
 
 
@@ -76,7 +78,7 @@ def start(cfg: DictConfig, folder: RunFolder, overrides: list[str] | None = None
     builders.seed_everything(cfg.seed)  # the same initial weights on every rank
     data = builders.build_data(cfg, rank=dist.rank, world_size=dist.world_size)
     batch = global_batch(cfg.data.batch_size, dist.world_size, cfg.trainer.grad_accum)
-    lr = effective_lr(cfg.optim.lr, batch)
+    lr = effective_lr(cfg.optim.lr, batch, cfg.optim.lr_scaling)
     model = builders.build_model(cfg, data.classes)
     checkpointer = Checkpointer(folder, keep_last=cfg.trainer.keep_last)
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -101,10 +103,12 @@ def start(cfg: DictConfig, folder: RunFolder, overrides: list[str] | None = None
     )
     console = Console(folder.log, enabled=dist.is_main)  # the run is accepted: log from here
     resumed = f" | resumed at {progress.images_seen} images" if ckpt else ""
+    population = pop_stats_batches(cfg.trainer.pop_stats_batches, has_bn(cfg.model),
+                                   data.train_loader.sampler.batches_per_epoch)  # fmt: skip
     console.print(f"run folder {folder.path} | {cfg.experiment_name} | effective LR {lr:g} (optim.lr "
-                  f"{cfg.optim.lr:g} x {batch}/{PAPER_BATCH}) | global batch {batch} "
-                  f"| device {runtime.device} | world {dist.world_size}{resumed} | "
-                  f"{provenance.code_version()}")  # fmt: skip
+                  f"{cfg.optim.lr:g} {lr_rule(cfg.optim.lr_scaling, batch)}) | global batch {batch} "
+                  f"| device {runtime.device} | world {dist.world_size}{resumed} | Algorithm 2 at "
+                  f"the end: {population or 'no'} batches | {provenance.code_version()}")  # fmt: skip
     return Session(
         cfg, folder, dist, runtime, data, model,
         step_model=builders.wrap_model(model, cfg, dist, runtime),
@@ -113,7 +117,7 @@ def start(cfg: DictConfig, folder: RunFolder, overrides: list[str] | None = None
         checkpointer=checkpointer, tracker=tracker, console=console,
         pace=Pace(progress.images_seen),
         monitor=build_monitor(cfg.trainer.monitor, model, progress.images_seen),
-        global_batch=batch, progress=progress,
+        global_batch=batch, pop_stats_batches=population, progress=progress,
     )  # fmt: skip
 
 
@@ -235,9 +239,9 @@ def evaluate_run(s: Session, *, final: bool = False) -> bool:
         best = metrics["val/top1"] > p.best["val/top1"]
         if best:
             p.best = {"val/top1": metrics["val/top1"], "val/top5": metrics["val/top5"]}
-    if final and t.pop_stats_batches and "val_popstats/top1" not in p.metrics:
+    if final and s.pop_stats_batches and "val_popstats/top1" not in p.metrics:
         popstats = bn_stats.population_eval(
-            s.model, s.data, s.runtime, t.pop_stats_batches,
+            s.model, s.data, s.runtime, s.pop_stats_batches,
             max_images=t.eval_max_images, dist=s.dist,
         )  # fmt: skip
         if not math.isfinite(popstats["val_popstats/loss"]):
@@ -293,6 +297,7 @@ def finish(s: Session, *, preempted: bool, requeue: bool, diverged: str | None =
         "experiment_name": s.cfg.experiment_name,
         "seed": s.cfg.seed,
         **p.metrics,
+        **intervals(p.metrics, p.best),
         "preempted": preempted,
         "requeued": requeued,
         "diverged": bool(diverged),
@@ -318,6 +323,20 @@ def finish(s: Session, *, preempted: bool, requeue: bool, diverged: str | None =
                         f"{f.checkpoints}, summary {f.summary}, log {f.log}")  # fmt: skip
     s.console.close()
     return summary
+
+
+def intervals(metrics: dict, best: dict) -> dict:
+    """The 95% Wilson interval ([low, high]) of every accuracy in the summary: the last
+    evaluation's val/* and val_popstats/*, and the best's (counted over as many val images)."""
+    out = {}
+    for name, values, key in (("val", metrics, "val"), ("val_popstats", metrics, "val_popstats"),
+                              ("best/val", best, "val")):  # fmt: skip
+        count = metrics.get(f"{key}/images")
+        for k in ("top1", "top5"):
+            value = values.get(f"{key}/{k}")
+            if count and value is not None:
+                out[f"{name}/{k}_ci95"] = list(fraction_interval(value, count))
+    return out
 
 
 def train_job(cfg: DictConfig, run_dir: str, overrides: list[str]) -> dict:

@@ -181,9 +181,10 @@ def test_a_missing_optional_dependency_names_its_extra(monkeypatch, capsys):
 # ---------------------------------------------------------------- console and run folder
 
 
-EVAL_LINE = re.compile(
+EVAL_LINE = re.compile(  # each accuracy with its 95% interval in brackets
     r"eval \| step (\d+) \| ([\d,]+) images \| [\d,.]+ paper steps \| val top-1 ([\d.]+)% "
-    r"top-5 ([\d.]+)% loss ([\d.]+) \| best top-1 ([\d.]+)% \| [\d,]+ img/s \| ETA \S+"
+    r"\([\d.]+-[\d.]+\) top-5 ([\d.]+)% \([\d.]+-[\d.]+\) loss ([\d.]+) \| "
+    r"(?:val \(population BN\) [^|]+\| )?best top-1 ([\d.]+)% \| [\d,]+ img/s \| ETA \S+"
 )
 
 

@@ -114,8 +114,8 @@ def test_public_keys_exist():
 
 
 def test_effective_lr_scales_linearly():
-    assert effective_lr(0.045, 32) == pytest.approx(0.045)
-    assert effective_lr(0.045, 256) == pytest.approx(0.36)
+    assert effective_lr(0.045, 32, "linear") == pytest.approx(0.045)
+    assert effective_lr(0.045, 256, "linear") == pytest.approx(0.36)
 
 
 def test_imagenet_data_is_paper_scale():

@@ -9,7 +9,9 @@ accumulates exactly these cumulative averages (of the unbiased batch variance).
     bnrepro-bn-stats CKPT data.root=/datasets/imagenet data.batch_size=64   # data overrides
     bnrepro-bn-stats CKPT runtime.device=cpu
 
-Training runs it with trainer.pop_stats_batches=N before the final eval (val_popstats/top1).
+Training runs it before the final evaluation (val_popstats/*, beside the moving averages' val/*):
+trainer.pop_stats_batches=auto (the default: 100 batches, at most an epoch, where there is BN; the
+number and why: config.POP_STATS_BATCHES) or N.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from bnrepro import builders, checkpoint, distributed, engine
-from bnrepro.config import CONFIG_DIR
+from bnrepro.config import CONFIG_DIR, POP_STATS_BATCHES
 from bnrepro.errors import ConfigError
 from bnrepro.schema import BnStatsSchema, check
 
@@ -148,7 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="a bnrepro checkpoint (ckpt_*.pt or best.pt)")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data.root=/x")
-    parser.add_argument("--batches", type=int, default=100, help="training batches to average")
+    parser.add_argument("--batches", type=int, default=POP_STATS_BATCHES,
+                        help="training batches to average")  # fmt: skip
     parser.add_argument("--out", help="write a checkpoint with the population statistics here")
     args = parser.parse_args(argv)
     if args.batches < 1:

@@ -1,0 +1,115 @@
+"""Why a checkpoint scores what it scores: its BN layers evaluated four ways, and its training
+accuracy beside its validation accuracy (issue 21: the head_bn ensemble members' failure).
+
+    python scripts/head_bn_diagnosis.py outputs/bn_x30_seed0 outputs/hb/checkpoints/best.pt
+    python scripts/head_bn_diagnosis.py RUN ... --batches 50 --json diagnosis.json
+
+For each checkpoint (a file or a run folder: its last checkpoint), single-crop val top-1 with
+- `moving`: BN's moving averages (what training's evaluation reports);
+- `population`: Algorithm 2's statistics over --batches training batches (paper section 3.1);
+- `head batch`: the moving averages everywhere except the classifier's BN (head_bn), which uses
+  each val batch's own statistics (as in training);
+- `batch`: every BN layer on each val batch's own statistics (training mode, nothing updated);
+then the last logged training top-1 (metrics.jsonl: dropout on, BN on batch statistics), the
+training loss at the first and the last log (chance is ln(classes): 2.30 for 10) and, for
+a head BN, how far its moving averages are from the population's (the mean over features of
+|running - population| / population std, and the mean ratio of the variances) and the median
+standard deviation of the pooled features it normalises.
+Dropout is off in every evaluation. Prints one markdown table; --json writes the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+from pathlib import Path
+
+import torch
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from bnrepro import builders, checkpoint, engine
+from bnrepro.evaluation import bn_stats
+
+
+def _training_log(run: Path) -> dict:
+    """The logged training top-1 at the end, and the training loss at the first and last log."""
+    metrics = run / "metrics.jsonl"
+    rows = (
+        [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.is_file() else []
+    )
+    rows = [r for r in rows if "train/loss" in r]
+    if not rows:
+        return {"train top-1 (logged)": None, "train loss first, last": None}
+    return {
+        "train top-1 (logged)": rows[-1]["train/top1"],
+        "train loss first, last": f"{rows[0]['train/loss']:.2f}, {rows[-1]['train/loss']:.2f}",
+    }
+
+
+def _batch_mode(model: torch.nn.Module, only_head: bool) -> torch.nn.Module:
+    """A copy whose BN layers (or only the head's) normalise with each batch's statistics."""
+    model = copy.deepcopy(model).eval()
+    for name, module in model.named_modules():
+        if isinstance(module, _BatchNorm) and (not only_head or name == "head_bn"):
+            module.train()
+            module.track_running_stats = False  # batch statistics, nothing updated
+            module.running_mean = module.running_var = None
+    return model
+
+
+def diagnose(spec: str, batches: int) -> dict:
+    (path,) = checkpoint.find([spec])
+    loaded = checkpoint.load_model(path)
+    cfg = bn_stats.checkpoint_config(loaded, ["runtime.device=cpu", "runtime.progress=false"])
+    runtime = engine.build_runtime(cfg.runtime, cfg.data, torch.device("cpu"))
+    data = builders.build_data(cfg, rank=0, world_size=1)
+    model = loaded.model
+
+    def top1(m: torch.nn.Module) -> float:
+        return engine.evaluate(m, data.val_loader, runtime)["val/top1"]
+
+    population = bn_stats.population_model(model, data.train_loader, runtime, batches)
+    out = {
+        "checkpoint": str(path),
+        "model": {k: loaded.arch["kwargs"].get(k) for k in ("head_bn", "dropout", "init_gain")},
+        "lr": loaded.config["optim"]["lr"],
+        "moving": top1(model),
+        "population": top1(population),
+        "head batch": top1(_batch_mode(model, only_head=True))
+        if hasattr(model, "head_bn")
+        else None,
+        "batch": top1(_batch_mode(model, only_head=False)),
+        **_training_log(path.parent.parent),
+    }
+    head, pop_head = getattr(model, "head_bn", None), getattr(population, "head_bn", None)
+    if isinstance(head, _BatchNorm):
+        std = pop_head.running_var.sqrt()
+        out["head mean gap (pop std)"] = (
+            ((head.running_mean - pop_head.running_mean).abs() / std).mean().item()
+        )
+        out["head var ratio"] = (head.running_var / pop_head.running_var).mean().item()
+        # the pooled features' spread: a head BN divides the backbone's gradient by it
+        out["pooled std (median)"] = pop_head.running_var.sqrt().median().item()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoints", nargs="+", help="checkpoint files or run folders")
+    parser.add_argument("--batches", type=int, default=50, help="Algorithm 2's training batches")
+    parser.add_argument("--json", help="also write the numbers here")
+    args = parser.parse_args()
+    rows = [diagnose(spec, args.batches) for spec in args.checkpoints]
+    keys = [k for k in rows[0] if k not in ("checkpoint",)]
+    print("| checkpoint | " + " | ".join(keys) + " |")
+    print("|---" * (len(keys) + 1) + "|")
+    for r in rows:
+        cells = [f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k in keys]
+        print(f"| {Path(r['checkpoint']).parts[-3]} | " + " | ".join(cells) + " |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
