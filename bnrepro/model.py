@@ -166,6 +166,7 @@ class InceptionModule(nn.Module):
         side: int | None = None,
     ) -> None:
         super().__init__()
+        self.side = side
         if side is not None:  # per-activation BN: each conv's output side
             out_side = strided_side(side, stride)
             same, strided = partial(conv_block, side=side), partial(conv_block, side=out_side)

@@ -7,8 +7,11 @@
 # such BN, three seeds each, on BN-x30 with nothing else changed.
 #
 #   scripts/ensemble_cpu.sh           # results/ensemble_cpu: ~30 min on a quiet 2-core CPU
-#   MAX_IMAGES=640 SEEDS=0 CROPS="1 10" RESULTS=/tmp/e OUT=/tmp/e/runs scripts/ensemble_cpu.sh \
-#       data.synthetic.train_per_class=16 data.synthetic.val_per_class=4   # a smoke run, ~2 min
+#   MAX_IMAGES=96 SEEDS=0,1 CROPS="1 10" RESULTS=/tmp/e OUT=/tmp/e/runs \
+#     TRAIN_ARGS="model.width_mult=0.125 trainer.eval_every_images=48 trainer.ckpt_every_images=48" \
+#     scripts/ensemble_cpu.sh data.synthetic.train_per_class=16 data.synthetic.val_per_class=4 \
+#     data.synthetic.min_side=36 data.synthetic.max_side=56 data.train_crop=32 \
+#     data.eval_resize=36 data.eval_crop=32 data.batch_size=16 data.root=/tmp/e/data   # a smoke run
 #
 # Writes under RESULTS: crops<C>/results.json|md|probs.npz (the members and their ensemble at C
 # crops, moving averages and Algorithm 2, paired tests), readings/<reading>/results.json|md (each
@@ -21,8 +24,8 @@
 #
 # Env: MAX_IMAGES (per training run, default the synthetic scale's 16000), SEEDS (the readings',
 # comma-separated, default 0,1,2), CROPS (space-separated, default "1 10 144"), OUT (run
-# folders), RESULTS, BIN (venv bin). Arguments: extra Hydra overrides for every run (training
-# and evaluation: data.* only make sense).
+# folders), RESULTS, BIN (venv bin), TRAIN_ARGS (overrides for the training runs only).
+# Arguments: Hydra overrides for every training and evaluation run (data.*: both read the data).
 set -euo pipefail
 MAX_IMAGES=${MAX_IMAGES:-16000}
 SEEDS=${SEEDS:-0,1,2}
@@ -49,7 +52,8 @@ step() {  # step NAME LOG COMMAND...: run one step, record its exit status and t
   [ "$status" -eq 0 ] || failed=$((failed + 1))
   steps+=("$name $status $seconds")
 }
-train=("$BIN/bnrepro-train" trainer.max_images="$MAX_IMAGES" runtime.progress=false)
+# shellcheck disable=SC2206  # TRAIN_ARGS: words on purpose
+train=("$BIN/bnrepro-train" trainer.max_images="$MAX_IMAGES" runtime.progress=false ${TRAIN_ARGS:-})
 evaluate=("$BIN/bnrepro-ensemble" runtime.progress=false)
 
 for member in 0 1 2 3 4 5; do
@@ -76,7 +80,7 @@ done
 
 wall=$(($(date +%s) - start))
 "$BIN/python" - "$RESULTS/ensemble_cpu_run.json" "$wall" \
-  "MAX_IMAGES=$MAX_IMAGES SEEDS=$SEEDS CROPS='$CROPS' OUT=$OUT RESULTS=$RESULTS scripts/ensemble_cpu.sh $*" \
+  "MAX_IMAGES=$MAX_IMAGES SEEDS=$SEEDS CROPS='$CROPS' OUT=$OUT RESULTS=$RESULTS ${TRAIN_ARGS:+TRAIN_ARGS='$TRAIN_ARGS' }scripts/ensemble_cpu.sh $*" \
   "$(git rev-parse HEAD 2>/dev/null || echo unknown)" "${steps[@]}" <<'PY'
 import datetime, json, sys
 

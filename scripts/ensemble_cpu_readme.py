@@ -128,18 +128,19 @@ def crops_test(folder: Path, few: int, many: int) -> dict | None:
 def provenance(files: dict) -> list[str]:
     run, first = files["run"], next(iter(files["crops"].values()))
     env = first["environment"]
-    dirty = " (uncommitted changes: `git_dirty` in the JSON)" if env.get("git_dirty") else ""
-    where = f"commit {first['git_sha'][:7]}{dirty}, torch {env['torch']}, {env['threads']} threads"
+    dirty = "; uncommitted changes (`git_dirty`)" if env.get("git_dirty") else ""
+    recorded = (f"The evaluations' JSON records code {first['git_sha'][:7]}{dirty}, torch "
+                f"{env['torch']}, {env['threads']} threads.")  # fmt: skip
     if run is None:
         return [
-            "These files predate `scripts/ensemble_cpu.sh` (no `ensemble_cpu_run.json`): the "
-            f"results.json files record {where}. Regenerate them with the command below.",
+            "These files predate `scripts/ensemble_cpu.sh` (no `ensemble_cpu_run.json`). "
+            f"{recorded} Regenerate them with the command below.",
             "",
         ]
     failed = [s["step"] for s in run["steps"] if s["exit_status"]]
     return [
-        f"Made on {run['date']} at commit {run['commit'][:7]} ({where} for the evaluations), "
-        f"{run['wall_seconds']:,} s in all:",
+        f"Made on {run['date']} from commit {run['commit'][:7]}, {run['wall_seconds']:,} s in all. "
+        f"{recorded}",
         "",
         "```bash",
         run["command"],
@@ -301,13 +302,15 @@ def readings_section(files: dict) -> list[str]:
             values = [r[f"{metric}_error"] for r in seeds]
             spread = over_seeds(values)
             spreads[name, metric] = spread
+            low, high = max(0.0, spread.low), min(1.0, spread.high)  # shown within 0-100%
             cells += [", ".join(with_interval(r[f"{metric}_error"], r["images"]) for r in seeds),
-                      f"{percent(spread.mean)} ({100 * spread.low:.1f}-{100 * spread.high:.1f})"]  # fmt: skip
+                      f"{percent(spread.mean)} ({100 * low:.1f}-{100 * high:.1f})"]  # fmt: skip
         lines.append(f"| {name} ({stats} BN) | {len(seeds)} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "A reading is called worse than another only where the 95% t intervals of their seed "
-        "means do not overlap (three seeds: a wide interval, a conservative test):",
+        "The t intervals are shown within 0-100%. One reading beats another only where the 95% t "
+        "intervals of their seed means do not overlap (with few seeds a wide interval: a "
+        "conservative test):",
         "",
     ]
     names = list(readings)
@@ -332,7 +335,9 @@ def render(files: dict) -> str:
         raise SystemExit(f"no crops*/results.json under {files['folder']}")
     results = files["crops"][max(files["crops"])]
     data = results.get("data") or results["config"]["data"]["name"]
-    resolution_from = results.get("resolution_from", "the command's data.eval_crop")
+    resolution_from = {"members": "the members' own checkpoints", "resolution": "resolution=N"}.get(
+        results.get("resolution_from"), "the command's data.eval_crop, before issue 21"
+    )
     lines = [
         "# Figure 4 at CPU scale: six BN-x30 ensemble members, "
         + " / ".join(map(str, files["crops"]))

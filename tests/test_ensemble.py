@@ -459,25 +459,30 @@ def test_six_members_equal_the_mean_of_their_saved_probs(
 
     saved = np.load(tmp_path / "run" / "probs.npz")
     probs, labels = saved["probs"], saved["labels"]
-    assert probs.shape == (MEMBERS, max_images, 10)
+    assert probs.shape == saved["probs_population"].shape == (MEMBERS, max_images, 10)
     np.testing.assert_allclose(probs.sum(-1), 1, rtol=1e-5)
-    rows = results["rows"]
-    assert [r["models"] for r in rows] == [1] * MEMBERS + [MEMBERS]
-    assert [r["model"] for r in rows[:MEMBERS]] == [
-        f"bn_x30_ensemble_member{i}_seed{i}" for i in range(6)
-    ]
+    rows = results["rows"]  # moving averages, then Algorithm 2 (on by default)
     assert {(r["crops"], r["resolution"], r["images"]) for r in rows} == {(crops, 32, max_images)}
-    for r, p in zip(rows, [*probs, probs.mean(0)], strict=True):
-        assert (r["top1_error"], r["top5_error"]) == pytest.approx(_errors(p, labels), abs=1e-12)
+    for stats, key in (("moving", "probs"), ("population", "probs_population")):
+        these = [r for r in rows if r["bn_stats"] == stats]
+        assert [r["models"] for r in these] == [1] * MEMBERS + [MEMBERS]
+        suffix = "" if stats == "moving" else " (population BN)"
+        assert [r["model"] for r in these[:MEMBERS]] == [
+            f"bn_x30_ensemble_member{i}_seed{i}{suffix}" for i in range(6)
+        ]
+        for r, p in zip(these, [*saved[key], saved[key].mean(0)], strict=True):
+            assert (r["top1_error"], r["top5_error"]) == pytest.approx(
+                _errors(p, labels), abs=1e-12
+            )
     # the labels are the val set's, in order
     val_labels = build_datasets(cfg.data)[1].split.labels[:max_images]
     assert labels.tolist() == val_labels.tolist()
     on_disk = json.loads((tmp_path / "results" / "results.json").read_text())
     assert on_disk["rows"] == rows
     md = (tmp_path / "run" / "results.md").read_text()
-    assert "| ensemble of 6 | 32 |" in md
+    assert "| ensemble of 6 | moving | 32 |" in md and "| ensemble of 6 (population BN) |" in md
     # the Figure 4 table lists each member's changes (configs/experiment/bn_x30_ensemble.yaml)
-    assert "| member 1: init x1.5, dropout 10%, head BN |" in md
+    assert "| member 1: init x1.5, dropout 10%, per-activation BN in the last 2 modules |" in md
     assert "| member 4: init x1.5, dropout 5% |" in md
     # the last checkpoints by default: no selection on the val set
     assert not results["selected_on_val"] and "selected on this val set" not in md

@@ -71,6 +71,10 @@ def ensemble_json(crops: int) -> dict:
     return load(ENSEMBLE_CPU / f"crops{crops}" / "results.json")
 
 
+def ensemble_crops() -> list[int]:
+    return sorted(int(p.parent.name[5:]) for p in ENSEMBLE_CPU.glob("crops*/results.json"))
+
+
 def readme_renderer():
     """scripts/ensemble_cpu_readme.py, imported from its path (scripts/ is not a package)."""
     import importlib.util
@@ -107,7 +111,7 @@ def test_ensemble_readme_claims_hold_in_the_json():
     for row in figure4:
         results = ensemble_json(int(row["crops"]))
         best = re.match(
-            r"best single member on (top-1|top-5)(?: and (top-5))?: (\S+)", row["model"]
+            r"best single member on (top-1|top-5)(?: and (top-5))?: (.+)$", row["model"]
         )
         name = best[3] if best else row["model"]
         ours = _row(results, name, int(row["crops"]))
@@ -135,7 +139,7 @@ def test_ensemble_readme_claims_hold_in_the_json():
         winner = test[0]["a"] if test[0]["better"] == "A" else test[0]["b"]
         assert winner == names.get(a, a), (a, b, metric, crops)
     if "not tested (this results.json holds no paired test)" in text:
-        assert any(not ensemble_json(c).get("comparisons") for c in (1, 10, 144))
+        assert any(not ensemble_json(c).get("comparisons") for c in ensemble_crops())
     readings = re.findall(r"(top-[15]): \*\*(\w+) beats (\w+)\*\*", text)
     for metric, better, worse in readings:  # seed means whose 95% t intervals do not overlap
         spread = {}
@@ -150,6 +154,26 @@ def test_ensemble_readme_claims_hold_in_the_json():
     assert bold_claims == len(claim.findall(text)) + len(readings) + more_crops
     claims = text.split("## The ensemble against its best member")[1].split("## Algorithm 2")[0]
     assert claims.count("top-1 ") == claims.count("top-5 ") > 0
+
+
+def test_the_readme_says_beats_only_where_the_paired_test_does():
+    """The renderer on a made-up results.json: "beats" for a significant paired test, in the
+    winner's direction, "no significant difference" otherwise, top-5 beside top-1."""
+    renderer = readme_renderer()
+    rows = [{"model": name, "models": models, "bn_stats": "moving", "images": 500,
+             "top1_error": t1, "top5_error": t5, "crops": 1}
+            for name, models, t1, t5 in [("m0", 1, 0.4, 0.05), ("m1", 1, 0.5, 0.04),
+                                          ("ensemble of 2", 2, 0.3, 0.06)]]  # fmt: skip
+    tests = [{"a": "ensemble of 2", "b": "m0", "metric": "top1", "a_only": 60, "b_only": 10,
+              "p_value": 1e-9, "better": "A"},
+             {"a": "ensemble of 2", "b": "m1", "metric": "top5", "a_only": 3, "b_only": 13,
+              "p_value": 0.02, "better": "B"}]  # fmt: skip
+    lines = renderer.claims_section({"crops": {1: {"rows": rows, "comparisons": tests}}})
+    assert lines[0].startswith("- **the ensemble beats m0** on top-1 error at 1 crop (moving")
+    assert lines[1].startswith("- **m1 beats the ensemble** on top-5 error at 1 crop (moving")
+    tests[0].update(p_value=0.2, better="neither")
+    lines = renderer.claims_section({"crops": {1: {"rows": rows, "comparisons": tests}}})
+    assert "beats" not in lines[0] and "no significant difference" in lines[0]
 
 
 @pytest.mark.parametrize("crops", [1, 10, 144])
