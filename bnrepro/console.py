@@ -5,8 +5,8 @@ On rank 0 every evaluation prints one line, TTY or not (a SLURM log is not a TTY
     eval | step 3000 | 96,000 images | 3,000 paper steps | val top-1 25.00% (21.4-29.0)
          top-5 75.00% (71.0-78.6) loss 2.2031 | best top-1 25.00% | 812 img/s | ETA 0:12:40
 
-(one line; wrapped here; in brackets each accuracy's 95% Wilson interval over the val images). Progress bars are drawn only on a terminal (runtime.progress and a
-TTY). train.log gets every line the console showed (and every warning), each after a timestamp,
+(one line; wrapped here; in brackets each accuracy's 95% Wilson interval over the val images).
+Progress bars are drawn only on a terminal (runtime.progress and a TTY). train.log gets every line the console showed (and every warning), each after a timestamp,
 appended across resumes: a requeued run's log reads as one story.
 """
 

@@ -11,8 +11,8 @@ model), checked as bnrepro-train checks them; -m takes Hydra's sweep syntax. Pri
 steps), the budget in images, paper steps and epochs, the paper's steps to 72.2% (Figure 3) and
 whether the budget covers them, the evaluations and checkpoints planned, and an estimate of
 GPU-hours; a warning where a network without BN would train above 0.0075, the LR at which the
-paper's Inception diverged (section 4.2.2). With -m, every combination of the comma lists is composed and the plans are printed
-as one table. Reads no data and builds the network only on the meta device (to count its FLOPs).
+paper's Inception diverged (section 4.2.2). With -m, every combination of the comma lists is
+composed and the plans are printed as one table. Reads no data and builds the network only on the meta device (to count its FLOPs).
 The LR curve is schedule.LRSchedule's own, as the training loop sets it.
 """
 

@@ -93,7 +93,8 @@ def verdict(c: dict, a_words: str, b_words: str, metric_words: str, where: str) 
         return f"**{a_words} beats {b_words}** on {metric_words} {where} ({counts})"
     if c["better"] == "B":
         return f"**{b_words} beats {a_words}** on {metric_words} {where} ({counts})"
-    return f"no significant difference between {a_words} and {b_words} on {metric_words} {where} ({counts})"
+    return (f"no significant difference between {a_words} and {b_words} on {metric_words} {where} "
+            f"({counts})")  # fmt: skip
 
 
 def crops_test(folder: Path, few: int, many: int) -> dict | None:
@@ -240,7 +241,7 @@ def algorithm2_section(files: dict) -> list[str]:
         differ = [c for c in members if c["better"] != "neither"]
         parts = [
             f"{w} error {percent(moving[f'{m}_error'])} -> {percent(ens[f'{m}_error'])} "
-            f"({'p = ' + format(t['p_value'], '.3g') + ', ' + _VERDICT_WORDS[t['better']] if t else 'not tested'})"
+            f"({_tested(t)})"
             for (m, w), t in zip(METRICS, tests, strict=True)
         ]
         lines.append(
@@ -256,6 +257,12 @@ _VERDICT_WORDS = {
     "B": "moving better",
     "neither": "no significant difference",
 }
+
+
+def _tested(test: dict | None) -> str:
+    if test is None:
+        return "not tested"
+    return f"p = {test['p_value']:.3g}, {_VERDICT_WORDS[test['better']]}"
 
 
 def crops_section(files: dict) -> list[str]:
@@ -275,8 +282,9 @@ def crops_section(files: dict) -> list[str]:
         for metric, words in METRICS:
             t = by_metric[metric]
             c = {"a_only": t.a_only, "b_only": t.b_only, "p_value": t.p_value, "better": t.beats()}
-            lines.append("- " + verdict(c, f"the ensemble at {many} crops", f"at {few}",
-                                        f"{words} error", f"({stats} BN statistics)") + ".")  # fmt: skip
+            claim = verdict(c, f"the ensemble at {many} crops", f"at {few}", f"{words} error",
+                            f"({stats} BN statistics)")  # fmt: skip
+            lines.append(f"- {claim}.")
     return [*lines, ""]
 
 

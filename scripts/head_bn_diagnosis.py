@@ -5,6 +5,18 @@ accuracy beside its validation accuracy (issue 21: the head_bn ensemble members'
     python scripts/head_bn_diagnosis.py RUN ... --batches 50 --json diagnosis.json
     python scripts/head_bn_diagnosis.py --init          # the gradients at initialisation
 
+The runs behind the members table's choice (configs/experiment/bn_x30_ensemble.yaml), BN-x30 on
+the synthetic data at its CPU scale, seed 0, no dropout (about 5-20 minutes each on 2 cores):
+
+    R="experiment=bn_x30 trainer.eval_every_images=4000 trainer.ckpt_every_images=4000"
+    R="$R out_dir=outputs/head_bn"
+    bnrepro-train $R trainer.max_images=8000 run_name=none
+    bnrepro-train $R trainer.max_images=8000 run_name=pooled model.head_bn=true
+    bnrepro-train $R trainer.max_images=8000 run_name=per_activation model.per_activation_bn=2
+    bnrepro-train $R trainer.max_images=4000 run_name=none_lr optim.lr=0.0075
+    bnrepro-train $R trainer.max_images=4000 run_name=pooled_lr optim.lr=0.0075 model.head_bn=true
+    python scripts/head_bn_diagnosis.py outputs/head_bn/{none,pooled,per_activation,none_lr,pooled_lr}
+
 For each checkpoint (a file or a run folder: its last checkpoint), single-crop val top-1 with
 - `moving`: BN's moving averages (what training's evaluation reports);
 - `population`: Algorithm 2's statistics over --batches training batches (paper section 3.1);
@@ -161,7 +173,7 @@ def main() -> None:
 def _cell(value) -> str:
     if value is None:
         return "-"
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 if __name__ == "__main__":

@@ -66,6 +66,7 @@ def test_run_with_population_statistics_and_monitor(tiny_overrides, tmp_path, ca
     bn_stats_main([str(ckpt), "--batches", "2", "--out", str(tmp_path / "pop.pt")])
     out = capsys.readouterr().out
     assert "moving averages:" in out and "population stats:" in out
+    assert out.count("(95% CI ") == 4  # top-1 and top-5, before and after
     assert (tmp_path / "pop.pt").is_file()
 
 

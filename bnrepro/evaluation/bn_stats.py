@@ -30,6 +30,7 @@ from bnrepro import builders, checkpoint, distributed, engine
 from bnrepro.config import CONFIG_DIR, POP_STATS_BATCHES
 from bnrepro.errors import ConfigError
 from bnrepro.schema import BnStatsSchema, check
+from bnrepro.stats import fraction_interval
 
 
 @torch.no_grad()
@@ -145,8 +146,14 @@ def checkpoint_config(loaded: checkpoint.Loaded, overrides: list[str]) -> DictCo
     return cfg
 
 
+def _interval(accuracy: float, metrics: dict) -> str:
+    low, high = fraction_interval(accuracy, metrics["val/images"])
+    return f"95% CI {low:.4f}-{high:.4f}"
+
+
 def main(argv: list[str] | None = None) -> None:
-    """bnrepro-bn-stats: Algorithm 2 on a checkpoint; prints val top-1/top-5 before and after."""
+    """bnrepro-bn-stats: Algorithm 2 on a checkpoint; prints val top-1/top-5 before and after,
+    each with its 95% Wilson interval."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="a bnrepro checkpoint (ckpt_*.pt or best.pt)")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data.root=/x")
@@ -172,8 +179,10 @@ def main(argv: list[str] | None = None) -> None:
     before = engine.evaluate(model, data.val_loader, runtime)
     population = population_model(model, data.train_loader, runtime, args.batches)
     after = engine.evaluate(population, data.val_loader, runtime)
-    print(f"moving averages:  top1 {before['val/top1']:.4f}  top5 {before['val/top5']:.4f}")
-    print(f"population stats: top1 {after['val/top1']:.4f}  top5 {after['val/top5']:.4f}")
+    for name, metrics in (("moving averages: ", before), ("population stats:", after)):
+        scores = [f"{k} {metrics[f'val/{k}']:.4f} ({_interval(metrics[f'val/{k}'], metrics)})"
+                  for k in ("top1", "top5")]  # fmt: skip
+        print(f"{name} {'  '.join(scores)}  of {metrics['val/images']} val images")
     if args.out:
         ckpt = checkpoint.load(args.checkpoint)
         ckpt["model"] = {k: v.cpu() for k, v in population.state_dict().items()}

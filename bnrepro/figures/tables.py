@@ -31,9 +31,11 @@ def percent(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
-def with_interval(fraction: float, n: int) -> str:
+def with_interval(fraction: float, n: int | None) -> str:
     """A fraction of n images (an accuracy or an error) with its 95% Wilson interval, in
-    percent: "25.2% (21.6-29.2)"."""
+    percent: "25.2% (21.6-29.2)"; a file that does not say n gets no made-up interval."""
+    if not n:
+        return f"{percent(fraction)} (interval unknown: no image count)"
     low, high = fraction_interval(fraction, n)
     return f"{percent(fraction)} ({100 * low:.1f}-{100 * high:.1f})"
 
@@ -110,8 +112,8 @@ def figure4_markdown(rows: list[dict]) -> str:
         )
         lines.append(
             f"| {row['model']} | {row.get('bn_stats', '-')} | {row['resolution']} | {row['crops']} "
-            f"| {row['models']} | {with_interval(row['top1_error'], row['images'])} "
-            f"| {with_interval(row['top5_error'], row['images'])} |{paper_cells} "
+            f"| {row['models']} | {with_interval(row['top1_error'], row.get('images'))} "
+            f"| {with_interval(row['top5_error'], row.get('images'))} |{paper_cells} "
             f"{row.get('changes', '-')} |"
         )
     return "\n".join(lines) + "\n"
