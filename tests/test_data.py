@@ -530,7 +530,9 @@ def test_device_decode_remembers_the_files_it_refuses(image_folder_tree, monkeyp
     cfg = data_cfg(root, "data.augment.color_strength=0.5")
     ds, _, _ = D.build_datasets(cfg)
     index = [ds.split.path(i) for i in range(len(ds))].index(str(png))
-    loader = D.DeviceDecodeLoader(cfg, ds, D.EpochSampler(len(ds), batch_size=4, seed=0), "cpu")
+    sampler = D.EpochSampler(len(ds), batch_size=4, seed=0, shuffle=cfg.shuffle,
+                             shard_size=cfg.shard_size)  # the order build_train_loader gives  # fmt: skip
+    loader = D.DeviceDecodeLoader(cfg, ds, sampler, "cpu")
     calls = []
     decode_one = loader._decode_one
     monkeypatch.setattr(loader, "_decode_one", lambda buf: calls.append(1) or decode_one(buf))
@@ -559,7 +561,8 @@ def test_device_decode_path_matches_the_cpu_path(image_folder_tree):
     (root / "train" / WNIDS[0] / "cut.JPEG").write_bytes(good[:-200])  # fails the batch decode
     cfg = data_cfg(root, "data.augment.color_strength=0.5")
     ds, _, _ = D.build_datasets(cfg)
-    sampler = D.EpochSampler(len(ds), batch_size=4, seed=0)
+    sampler = D.EpochSampler(len(ds), batch_size=4, seed=0, shuffle=cfg.shuffle,
+                             shard_size=cfg.shard_size)  # the order build_train_loader gives  # fmt: skip
     sampler.set_epoch(1)
     with pytest.warns(UserWarning, match="skipping unreadable image"):
         device_batches = list(D.DeviceDecodeLoader(cfg, ds, sampler, device="cpu"))
