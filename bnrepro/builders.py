@@ -94,7 +94,7 @@ def check_same_data(identity: datasets.DataIdentity, d: distributed.Dist) -> Non
 
 def arch_of(cfg: DictConfig, classes: list[str]) -> dict:
     """What rebuilds the network: timm name + keyword arguments (stored in checkpoints)."""
-    kwargs = model_kwargs(cfg.model, len(classes), cfg.data.in_chans)
+    kwargs = model_kwargs(cfg.model, len(classes), cfg.data.in_chans, cfg.data.train_crop)
     return {"name": cfg.model.name, "kwargs": OmegaConf.to_container(OmegaConf.create(kwargs))}
 
 

@@ -12,6 +12,7 @@ after composition (cli.py), `compose_checked` for the rest (bnrepro-plan, bnrepr
 
 from __future__ import annotations
 
+import math
 import signal
 from pathlib import Path
 
@@ -111,8 +112,21 @@ def check_run(cfg: DictConfig) -> None:
     and range were checked when it was composed: bnrepro/schema.py). bnrepro-train runs them at
     start-up, bnrepro-plan before it plans."""
     t = cfg.trainer
-    if t.pop_stats_batches and not (cfg.model.batch_norm or cfg.model.head_bn):
-        raise ConfigError("trainer.pop_stats_batches needs a BN network: set model.batch_norm=true")
+    if t.pop_stats_batches != "auto" and t.pop_stats_batches and not has_bn(cfg.model):
+        raise ConfigError(
+            "trainer.pop_stats_batches needs a BN network: set model.batch_norm=true, or "
+            "trainer.pop_stats_batches=auto (Algorithm 2 where there is BN)"
+        )
+    if cfg.model.per_activation_bn:
+        if not cfg.model.batch_norm:
+            raise ConfigError(
+                "model.per_activation_bn replaces BN layers: set model.batch_norm=true"
+            )
+        if cfg.data.eval_crop != cfg.data.train_crop:
+            raise ConfigError(
+                f"model.per_activation_bn builds its BN for data.train_crop={cfg.data.train_crop} "
+                f"px activations, but data.eval_crop={cfg.data.eval_crop}: set them equal"
+            )
     if "member" in cfg and cfg.member not in range(len(cfg.members)):  # bn_x30_ensemble's table
         raise ConfigError(
             f"member={cfg.member!r} is no row of the ensemble's members table: use 0-"
@@ -122,19 +136,62 @@ def check_run(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.preempt_signal={t.preempt_signal!r} is no signal (e.g. USR2)")
 
 
+# [ours] Algorithm 2's default number of training batches (trainer.pop_stats_batches=auto, the
+# ensemble's, bnrepro-bn-stats'): 3,200 images at the paper's batch of 32, a quarter of a percent
+# of an ImageNet epoch, forward only (about 0.1% of a BN-x30 run's compute). The paper averages
+# over "multiple mini-batches" (section 3.1) without a number; each BN channel's mean and
+# variance is then an average over 100 batch statistics of 32 x H x W values each, and a
+# per-activation BN's over 3,200 values. Never more than one epoch: beyond it the batches repeat
+# images (only their augmentation changes), nothing new about the population.
+POP_STATS_BATCHES = 100
+
+
+def pop_stats_batches(value: int | str, bn: bool, batches_per_epoch: int) -> int:
+    """trainer.pop_stats_batches (or the ensemble's) as a number of batches: `auto` = 100, or
+    one epoch's batches if fewer, on a network with BN, and 0 (moving averages only) without."""
+    if value != "auto":
+        return int(value)
+    return min(POP_STATS_BATCHES, batches_per_epoch) if bn else 0
+
+
+def has_bn(model_cfg: DictConfig) -> bool:
+    """Whether the configured network has a BN layer (Algorithm 2 applies to it)."""
+    return bool(model_cfg.batch_norm or model_cfg.head_bn)
+
+
 def global_batch(batch_size: int, processes: int, grad_accum: int) -> int:
     """Images per optimizer step: data.batch_size per process x processes x trainer.grad_accum."""
     return batch_size * processes * grad_accum
 
 
-def effective_lr(lr: float, global_batch: int) -> float:
-    """The paper's LR belongs to a batch of 32; scale it linearly with the global batch
-    (Goyal et al. 2017; docs/paper.md section 3)."""
-    return lr * global_batch / PAPER_BATCH
+LR_SCALINGS = {  # optim.lr_scaling: the factor on the paper's batch-32 LR at a global batch B
+    "linear": lambda ratio: ratio,  # Goyal et al. 2017: B/32 (docs/departures.md says why)
+    "sqrt": math.sqrt,  # Krizhevsky 2014, Hoffer et al. 2017: sqrt(B/32)
+    "none": lambda ratio: 1.0,  # every synchronous step takes the paper's own LR
+}
 
 
-def model_kwargs(model_cfg: DictConfig, num_classes: int, in_chans: int) -> dict:
+def effective_lr(lr: float, global_batch: int, scaling: str) -> float:
+    """The paper's LR belongs to a batch of 32 (optim.lr); at a global batch B it becomes
+    lr x B/32 (linear), lr x sqrt(B/32) (sqrt) or lr (none): optim.lr_scaling."""
+    return lr * LR_SCALINGS[scaling](global_batch / PAPER_BATCH)
+
+
+def lr_rule(scaling: str, global_batch: int) -> str:
+    """How the effective LR came from optim.lr, in words: "x 256/32, optim.lr_scaling=linear"."""
+    ratio = f"{global_batch}/{PAPER_BATCH}"
+    factor = {"linear": f"x {ratio}", "sqrt": f"x sqrt({ratio})", "none": "unscaled"}[scaling]
+    return f"{factor}, optim.lr_scaling={scaling}"
+
+
+def model_kwargs(model_cfg: DictConfig, num_classes: int, in_chans: int, img_size: int) -> dict:
     """Keyword arguments for timm.create_model(model_cfg.name, **kwargs): every key of the model
-    config except those that are not the network's own (name, sync_bn)."""
+    config except those that are not the network's own (name, sync_bn). With per_activation_bn
+    also img_size (data.train_crop: the activations' size follows from it); without, neither, so
+    the architecture recorded in checkpoints from before the key is still this one (resume)."""
     kwargs = {k: v for k, v in model_cfg.items() if k not in ("name", "sync_bn")}
+    if kwargs.get("per_activation_bn"):
+        kwargs["img_size"] = img_size
+    else:
+        kwargs.pop("per_activation_bn", None)
     return dict(kwargs, num_classes=num_classes, in_chans=in_chans)

@@ -2,11 +2,11 @@
 
 On rank 0 every evaluation prints one line, TTY or not (a SLURM log is not a TTY):
 
-    eval | step 3000 | 96,000 images | 3,000 paper steps | val top-1 25.00% top-5 75.00% loss 2.2031
-         | best top-1 25.00% | 812 img/s | ETA 0:12:40
+    eval | step 3000 | 96,000 images | 3,000 paper steps | val top-1 25.00% (21.4-29.0)
+         top-5 75.00% (71.0-78.6) loss 2.2031 | best top-1 25.00% | 812 img/s | ETA 0:12:40
 
-(one line; wrapped here). Progress bars are drawn only on a terminal (runtime.progress and a
-TTY). train.log gets every line the console showed (and every warning), each after a timestamp,
+(one line; wrapped here; in brackets each accuracy's 95% Wilson interval over the val images).
+Progress bars are drawn only on a terminal (runtime.progress and a TTY). train.log gets every line the console showed (and every warning), each after a timestamp,
 appended across resumes: a requeued run's log reads as one story.
 """
 
@@ -21,6 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from bnrepro.paper import PAPER_BATCH
+from bnrepro.stats import fraction_interval
 
 
 def bars_enabled(progress: bool, is_main: bool) -> bool:
@@ -92,7 +93,8 @@ class Pace:
 def eval_line(
     metrics: dict, *, step: int, images_seen: int, best_top1: float, rate: float, eta: str
 ) -> str:
-    """The one line of an evaluation (val/* and, after Algorithm 2, val_popstats/*)."""
+    """The one line of an evaluation (val/* and, after Algorithm 2, val_popstats/*), each
+    accuracy with its 95% Wilson interval over the val images it counts."""
     parts = [
         "eval",
         f"step {step:,}",
@@ -101,14 +103,23 @@ def eval_line(
     ]
     for prefix, name in (("val", "val"), ("val_popstats", "val (population BN)")):
         if f"{prefix}/top1" in metrics:
+            n = metrics.get(f"{prefix}/images")  # None: an evaluation saved before it was kept
             parts.append(
-                f"{name} top-1 {100 * metrics[f'{prefix}/top1']:.2f}% "
-                f"top-5 {100 * metrics[f'{prefix}/top5']:.2f}% loss {metrics[f'{prefix}/loss']:.4f}"
+                f"{name} top-1 {_with_interval(metrics[f'{prefix}/top1'], n)} "
+                f"top-5 {_with_interval(metrics[f'{prefix}/top5'], n)} "
+                f"loss {metrics[f'{prefix}/loss']:.4f}"
             )
     if metrics.get("val/skipped"):  # evaluation leaves unreadable files out: say how many
         parts.append(f"{metrics['val/skipped']:,} unreadable val files left out")
     parts += [f"best top-1 {100 * best_top1:.2f}%", f"{rate:,.0f} img/s", f"ETA {eta}"]
     return " | ".join(parts)
+
+
+def _with_interval(accuracy: float, n: int | None) -> str:
+    if not n:
+        return f"{100 * accuracy:.2f}% (interval unknown: no image count)"
+    low, high = fraction_interval(accuracy, n)
+    return f"{100 * accuracy:.2f}% ({100 * low:.1f}-{100 * high:.1f})"
 
 
 def _number(x: float) -> str:

@@ -164,10 +164,10 @@ def evaluate(
     dist: distributed.Dist | None = None,
     progress: bool = False,
 ) -> dict:
-    """Single-centre-crop val loss, top-1, top-5 (fractions) and the number of images, summed
-    over ranks; the first `max_images` images (over all ranks) when given. `progress`: draw a
-    bar (a terminal's). Each readable file counts once; `val/skipped` says how many unreadable
-    ones were left out (DataError if no file could be read)."""
+    """Single-centre-crop val loss, top-1, top-5 (fractions) and the number of images (for
+    their intervals), summed over ranks; the first `max_images` images (over all ranks) when
+    given. `progress`: draw a bar (a terminal's). Each readable file counts once; `val/skipped`
+    says how many unreadable ones were left out (DataError if no file could be read)."""
     if dist is not None:
         distributed.broadcast_buffers(model, dist)  # every rank evaluates rank 0's model
     was_training = model.training

@@ -30,7 +30,7 @@ from functools import partial
 from typing import Any
 
 import torch
-from timm.layers import SelectAdaptivePool2d
+from timm.layers import SelectAdaptivePool2d, register_notrace_module
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
@@ -73,8 +73,32 @@ class PretrainedWeightsError(UserError, ValueError):
     """pretrained=True without a file of weights; the message names the converter."""
 
 
+@register_notrace_module  # a leaf for FX (timm's feature extraction): its shape check branches
+class PerActivationBN(nn.Module):
+    """BN of every activation on its own: each (channel, row, column) normalised over the batch,
+    with its own gamma and beta, instead of one statistic per feature map over the batch and all
+    locations (section 3.2). One reading of section 4.2.3's "non-convolutional, per-activation
+    Batch Normalization" in the last hidden layers (`per_activation_bn`). A BatchNorm1d over
+    the flattened C x H x W activations, so Algorithm 2, SyncBN and state dicts treat it as any
+    BN; built for one spatial size, it refuses another."""
+
+    def __init__(self, channels: int, side: int, *, eps: float, momentum: float) -> None:
+        super().__init__()
+        self.shape = [channels, side, side]
+        self.bn = nn.BatchNorm1d(channels * side * side, eps=eps, momentum=momentum)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if list(x.shape[1:]) != self.shape:
+            raise ValueError(
+                f"per-activation BN built for {self.shape} activations, got {list(x.shape[1:])}: "
+                "feed images of the size the network was built for (img_size, its training crop)"
+            )
+        return self.bn(x.flatten(1)).view_as(x)
+
+
 class ConvBlock(nn.Sequential):
-    """conv -> BN -> nonlinearity (paper section 3.2: x = Wu, BN(x), g(.)); conv has a bias only without BN."""
+    """conv -> BN -> nonlinearity (paper section 3.2: x = Wu, BN(x), g(.)); conv has a bias only
+    without BN. With `side` (the output's spatial side) the BN is per activation."""
 
     def __init__(
         self,
@@ -87,15 +111,17 @@ class ConvBlock(nn.Sequential):
         act_layer: Callable[[], nn.Module],
         bn_eps: float,
         bn_momentum: float,
+        side: int | None = None,
     ) -> None:
         conv = nn.Conv2d(
             in_chs, out_chs, kernel_size, stride, padding=kernel_size // 2, bias=not batch_norm
         )
-        norm = (
-            nn.BatchNorm2d(out_chs, eps=bn_eps, momentum=bn_momentum)
-            if batch_norm
-            else nn.Identity()
-        )
+        if not batch_norm:
+            norm = nn.Identity()
+        elif side is None:
+            norm = nn.BatchNorm2d(out_chs, eps=bn_eps, momentum=bn_momentum)
+        else:
+            norm = PerActivationBN(out_chs, side, eps=bn_eps, momentum=bn_momentum)
         super().__init__()
         self.conv, self.bn, self.act = conv, norm, act_layer()
 
@@ -120,6 +146,7 @@ class InceptionModule(nn.Module):
     absent and the pool branch passes its input through (Figure 5, "max + pass through").
     pool_ceil_mode: the stride-2 pool is 3x3 without padding in ceil mode (Caffe's), instead of
     padding 1; pool_count_include_pad: average pools divide by 9 at the border too (Caffe's).
+    side: the input's spatial side when every BN of the module is per activation (else None).
     """
 
     def __init__(
@@ -136,16 +163,21 @@ class InceptionModule(nn.Module):
         conv_block: partial,
         pool_ceil_mode: bool = False,
         pool_count_include_pad: bool = False,
+        side: int | None = None,
     ) -> None:
         super().__init__()
-        self.branch1x1 = conv_block(in_chs, n1x1, 1) if n1x1 else None
-        self.branch3x3 = nn.Sequential(
-            conv_block(in_chs, n3x3red, 1), conv_block(n3x3red, n3x3, 3, stride)
-        )
+        self.side = side
+        if side is not None:  # per-activation BN: each conv's output side
+            out_side = strided_side(side, stride)
+            same, strided = partial(conv_block, side=side), partial(conv_block, side=out_side)
+        else:
+            same = strided = conv_block
+        self.branch1x1 = same(in_chs, n1x1, 1) if n1x1 else None
+        self.branch3x3 = nn.Sequential(same(in_chs, n3x3red, 1), strided(n3x3red, n3x3, 3, stride))
         self.branch_dbl3x3 = nn.Sequential(
-            conv_block(in_chs, ndbl_red, 1),
-            conv_block(ndbl_red, ndbl, 3),
-            conv_block(ndbl, ndbl, 3, stride),
+            same(in_chs, ndbl_red, 1),
+            same(ndbl_red, ndbl, 3),
+            strided(ndbl, ndbl, 3, stride),
         )
         caffe_stride = pool_ceil_mode and stride > 1
         padding = 0 if caffe_stride else 1
@@ -159,7 +191,7 @@ class InceptionModule(nn.Module):
                 ceil_mode=caffe_stride,
                 count_include_pad=pool_count_include_pad,
             )
-        proj = conv_block(in_chs, pool_proj, 1) if pool_proj else nn.Identity()
+        proj = same(in_chs, pool_proj, 1) if pool_proj else nn.Identity()
         self.branch_pool = nn.Sequential(pool_layer, proj)
         self.out_chs = n1x1 + n3x3 + ndbl + (pool_proj or in_chs)
 
@@ -168,6 +200,16 @@ class InceptionModule(nn.Module):
         if self.branch1x1 is not None:
             branches.insert(0, self.branch1x1(x))
         return torch.cat(branches, dim=1)
+
+
+def strided_side(side: int, stride: int) -> int:
+    """The output side of a 3x3 conv with padding 1 (and of conv1's 7x7 with padding 3)."""
+    return (side - 1) // stride + 1
+
+
+def _ceil_pool_side(side: int) -> int:
+    """The output side of the stem's 3x3/2 max pools (no padding, ceil mode)."""
+    return -(-(side - 3) // 2) + 1
 
 
 def _pool(pool_type: str) -> SelectAdaptivePool2d:
@@ -195,7 +237,13 @@ class BNInception(nn.Module):
             without a classifier).
         separable_conv1: conv1 as Figure 5 prints it (depthwise, multiplier 8) instead of plain 7x7.
         width_mult: scales every channel count, for small-scale runs.
-        head_bn: per-activation BN on the classifier's input (the ensemble members, section 4.2.3).
+        head_bn: per-activation BN on the classifier's input, the pooled features (one reading
+            of the ensemble members' change, section 4.2.3).
+        per_activation_bn: the last N inception modules normalise each activation (channel and
+            location) over the batch instead of each feature map (PerActivationBN): the other
+            reading of section 4.2.3's change. Needs batch_norm; 0 = none.
+        img_size: the input side the per-activation BN layers are built for (their activations'
+            spatial size follows from it); only with per_activation_bn.
         init_gain: multiplies the initial conv weights (the ensemble's "larger initial weights");
             with BN the output is unchanged, only the effective step size (lr / gain^2) is.
         bn_eps, bn_momentum: BN's epsilon and running-average momentum (docs/paper.md section 2, [ours]).
@@ -221,6 +269,8 @@ class BNInception(nn.Module):
         separable_conv1: bool = False,
         width_mult: float = 1.0,
         head_bn: bool = False,
+        per_activation_bn: int = 0,
+        img_size: int = 224,
         init_gain: float = 1.0,
         bn_eps: float = 1e-3,
         bn_momentum: float = 0.1,
@@ -273,17 +323,26 @@ class BNInception(nn.Module):
         self.stem.add_module("pool2", nn.MaxPool2d(3, 2, ceil_mode=True))  # 28x28x192
 
         # inception modules: 3a-3c (28 -> 14), 4a-4e (14 -> 7), 5a-5b (7)
+        if not 0 <= per_activation_bn <= len(INCEPTION_TABLE):
+            raise ValueError(f"per_activation_bn counts inception modules: 0-{len(INCEPTION_TABLE)}, "
+                             f"got {per_activation_bn}")  # fmt: skip
+        if per_activation_bn and not batch_norm:
+            raise ValueError("per_activation_bn replaces BN layers: it needs batch_norm=True")
         self.blocks = nn.Sequential()
         chs = w(192)
+        side = _ceil_pool_side(_ceil_pool_side(strided_side(img_size, 2)))  # the stem's output
         channels = {"stem.conv1": w(64), "stem.lrn2": w(192)}
-        for name, *cols, pool, proj, stride in INCEPTION_TABLE:
+        first_per_activation = len(INCEPTION_TABLE) - per_activation_bn
+        for i, (name, *cols, pool, proj, stride) in enumerate(INCEPTION_TABLE):
             n1, n3r, n3, ndr, nd = (w(c) for c in cols)
             block = InceptionModule(
                 chs, n1, n3r, n3, ndr, nd, pool, w(proj), stride, conv_block,
                 pool_ceil_mode=pool_ceil_mode, pool_count_include_pad=pool_count_include_pad,
+                side=side if i >= first_per_activation else None,
             )  # fmt: skip
             self.blocks.add_module(name, block)
             chs = channels[f"blocks.{name}"] = block.out_chs
+            side = strided_side(side, stride)
         self.num_features = self.head_hidden_size = chs  # 1024 at width 1
         self.feature_info = [
             dict(num_chs=channels[m], reduction=r, module=m)

@@ -35,6 +35,10 @@ BN_X30_PEAK_STEPS = 6.0e6
 # docs/paper.md section 3 (section 4.2.2): the controls that diverged: Inception at BN-x5's LR.
 PAPER_DIVERGED = ("inception_x5",)
 
+# docs/paper.md section 3 (section 4.2.2): the LR at which Inception (no BN) diverged, BN-x5's
+# 5 x 0.0015, at the paper's mini-batch of 32: a BN-free network above it risks the same.
+PAPER_DIVERGED_LR = 0.0075
+
 # docs/paper.md section 4, Figure 4: (crops, models) -> (top-1 error, top-5 error).
 FIGURE4 = {
     (1, 1): (0.252, 0.0782),

@@ -13,10 +13,11 @@ them; -m takes Hydra's sweep syntax. Prints the global batch, the LR over the ru
 steps), the budget in images, paper steps and epochs, the paper's steps to 72.2% (Figure 3) and
 whether the budget covers them, the evaluations and checkpoints planned, and an estimate of
 GPU-hours: the slower of what the GPU computes and what its CPU workers feed (`run_cost`), with
-what bounds the run and the assumptions, rounded to two significant figures. With -m, every
-combination of the comma lists is composed and the plans are printed as one table. Reads no data
-and builds the network only on the meta device (to count its FLOPs). The LR curve is
-schedule.LRSchedule's own, as the training loop sets it.
+what bounds the run and the assumptions, rounded to two significant figures; a warning where a
+network without BN would train above 0.0075, the LR at which the paper's Inception diverged
+(section 4.2.2). With -m, every combination of the comma lists is composed and the plans are
+printed as one table. Reads no data and builds the network only on the meta device (to count its
+FLOPs). The LR curve is schedule.LRSchedule's own, as the training loop sets it.
 
     bnrepro-plan experiment=bn_x30 data=imagenet cluster.cpus_per_task=4   # a CPU-poor node
     bnrepro-plan experiment=bn_x30 data=imagenet plan.pipeline_images_per_s_per_core=600
@@ -32,10 +33,10 @@ import torch
 from omegaconf import DictConfig
 
 from bnrepro import builders, schedule
-from bnrepro.config import check_run, compose_checked, effective_lr, global_batch, sweep
+from bnrepro.config import check_run, compose_checked, effective_lr, global_batch, lr_rule, sweep
 from bnrepro.errors import UserError
 from bnrepro.figures.tables import paper_steps_text
-from bnrepro.paper import FIGURE3, PAPER_BATCH, PAPER_DIVERGED
+from bnrepro.paper import FIGURE3, PAPER_BATCH, PAPER_DIVERGED, PAPER_DIVERGED_LR
 
 LR_SAMPLES = 4000  # points of the LR curve (more where decays are frequent)
 COST_DIGITS = 2  # significant figures of a cost: its inputs are assumptions and one CPU's rate
@@ -63,7 +64,8 @@ class Plan:
     data: str
     processes: int  # GPUs (or CPU processes) sharing the global batch
     global_batch: int
-    effective_lr: float  # optim.lr x global batch / 32
+    effective_lr: float  # optim.lr scaled to the global batch (optim.lr_scaling)
+    lr_scaling: str  # optim.lr_scaling: linear | sqrt | none
     curve: list[tuple[int, float]]  # (images seen, LR of the step that starts there)
     warmup_images: int  # the scheduler's warmup (0: none); decays may fall inside it
     max_images: int
@@ -75,6 +77,7 @@ class Plan:
     keep_last: int
     gflops_per_image: float  # forward, at the configured crop and width
     cost: Cost
+    warnings: list[str]  # what to check before paying (lr_warnings)
 
     @property
     def gpu_hours(self) -> float:
@@ -138,6 +141,20 @@ def lr_curve(
     picked = sorted({round(i * (steps - 1) / max(samples - 1, 1)) for i in range(samples)})
     curve = [(k * global_batch, lr.lr_at(k * global_batch)) for k in picked]
     return curve, lr.warmup_images
+
+
+def lr_warnings(cfg: DictConfig, peak_lr: float) -> list[str]:
+    """A BN-free network whose peak LR exceeds the paper's divergence LR (Inception at 0.0075,
+    batch 32, section 4.2.2) may diverge as the paper's did: say so before the run is paid for
+    (not for a run that expects to diverge)."""
+    if cfg.model.batch_norm or cfg.trainer.expect_divergence or peak_lr <= PAPER_DIVERGED_LR:
+        return []
+    return [
+        f"warning: {cfg.experiment_name} has no BN and its peak LR {peak_lr:.4g} exceeds "
+        f"{PAPER_DIVERGED_LR:g}, the LR at which the paper's Inception diverged at batch 32 "
+        "(section 4.2.2): run the pilot first (README, 'Scaling with the GPU count') or set "
+        "optim.lr_scaling=sqrt or none"
+    ]
 
 
 def periodic_count(interval: int, global_batch: int, max_images: int) -> int:
@@ -252,12 +269,14 @@ def make_plan(cfg: DictConfig) -> Plan:
     curve, warmup_images = lr_curve(cfg, batch, train_size)
     return Plan(
         experiment=name, data=cfg.data.name, processes=processes, global_batch=batch,
-        effective_lr=effective_lr(cfg.optim.lr, batch),
+        effective_lr=effective_lr(cfg.optim.lr, batch, cfg.optim.lr_scaling),
+        lr_scaling=cfg.optim.lr_scaling,
         curve=curve,
         warmup_images=warmup_images,
         max_images=int(t.max_images), train_size=train_size, paper_target=target, paper_note=note,
         evals=evals, checkpoints=periodic_count(t.ckpt_every_images, batch, t.max_images),
         keep_last=t.keep_last, gflops_per_image=gflops, cost=cost,
+        warnings=lr_warnings(cfg, max(lr for _, lr in curve)),
     )  # fmt: skip
 
 
@@ -293,9 +312,11 @@ def describe(plan: Plan, settings: DictConfig) -> str:
     lines = [
         f"{plan.experiment} on {plan.data}: {plan.processes} process{'es' * (plan.processes > 1)} "
         f"({plan.processes // settings.nodes} per node x {settings.nodes} nodes)",
+        *(f"  {w}" for w in plan.warnings),
         f"  global batch     {plan.global_batch} (data.batch_size x processes x trainer.grad_accum)",
-        f"  effective LR     {plan.effective_lr:.4g} (optim.lr x {plan.global_batch}/{PAPER_BATCH});"
-        f" peak {plan.peak_lr:.4g}, final {plan.curve[-1][1]:.4g}",
+        f"  effective LR     {plan.effective_lr:.4g} (optim.lr "
+        f"{lr_rule(plan.lr_scaling, plan.global_batch)}); peak {plan.peak_lr:.4g}, final "
+        f"{plan.curve[-1][1]:.4g}",
         f"  warmup           {warmup}",
         f"  decays           {len(decays)}" + (f": {first_decays}{', ...' * (len(decays) > 3)} (LR at paper step)" if decays else ""),
         f"  budget           {plan.max_images:,} images = {paper_steps_text(plan.paper_steps)} paper steps = "
@@ -318,8 +339,8 @@ def table(plans: list[Plan]) -> str:
     lines = [
         "| experiment | processes | global batch | effective LR | warmup (paper steps) "
         "| budget (paper steps) | epochs | steps to 72.2% (paper) | covered | evaluations "
-        "| GPU-hours | bounded by |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| GPU-hours | bounded by | LR scaling |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in plans:
         covered = {None: "-", True: "yes", False: "NO"}[p.covered]
@@ -327,9 +348,11 @@ def table(plans: list[Plan]) -> str:
             f"| {p.experiment} | {p.processes} | {p.global_batch} | {p.effective_lr:.4g} "
             f"| {paper_steps_text(p.warmup_images / PAPER_BATCH)} | {paper_steps_text(p.paper_steps)} "
             f"| {p.epochs:.4g} "
-            f"| {p.paper_note} | {covered} | {p.evals} | {rounded(p.gpu_hours)} | {p.cost.bound} |"
+            f"| {p.paper_note} | {covered} | {p.evals} | {rounded(p.gpu_hours)} | {p.cost.bound} "
+            f"| {p.lr_scaling} |"
         )
-    return "\n".join(lines)
+    warnings = [w for p in plans for w in p.warnings]
+    return "\n".join(lines + ([""] + warnings if warnings else []))
 
 
 def print_plans(overrides: list[str], *, multirun: bool = False) -> None:

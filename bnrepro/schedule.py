@@ -4,11 +4,13 @@
   decay, staircase (section 4.2: "decayed exponentially"), times a linear warmup [ours]:
       lr(n) = decay_rate ** floor(n / (decay_epochs * train_size)) * ramp(n)
       ramp(n) = optim.lr + (peak - optim.lr) * min(1, n / warmup_images)
-  with peak = optim.lr x global batch / 32 (linear scaling, docs/paper.md section 3). The ramp
-  starts at the paper's own LR for a batch of 32, which trained (Goyal et al. 2017 start at their
-  reference batch's LR too), and multiplies the decay, so the curve meets the decayed schedule
-  at the end of the warmup with no jump. warmup_images=auto: 5 epochs when the global batch
-  exceeds 32, else none (docs/departures.md says why). Nothing of it is restored from a
+  with peak = config.effective_lr: optim.lr x global batch / 32 under optim.lr_scaling=linear
+  (the default), x sqrt(global batch / 32) under sqrt, optim.lr itself under none
+  (docs/departures.md argues the default). The ramp starts at the paper's own LR for a batch of
+  32, which trained (Goyal et al. 2017 start at their reference batch's LR too), and multiplies
+  the decay, so the curve meets the decayed schedule at the end of the warmup with no jump.
+  warmup_images=auto: 5 epochs when the peak exceeds optim.lr (a global batch above 32 under
+  linear or sqrt scaling), else none (docs/departures.md says why). Nothing of it is restored from a
   checkpoint: a run resumed on another number of GPUs follows its own global batch from the
   images it has seen.
 - `Every`: a periodic event (eval, checkpoint, log) that fires when images_seen crosses a multiple
@@ -24,17 +26,17 @@ from omegaconf import DictConfig
 
 from bnrepro.config import effective_lr
 from bnrepro.errors import ConfigError
-from bnrepro.paper import PAPER_BATCH
 
 WARMUP_EPOCHS = 5  # [ours] Goyal et al. 2017: 5 epochs from the reference batch's LR
 
 
 def warmup_images(optim_cfg: DictConfig, global_batch: int, train_size: int) -> int:
-    """optim.warmup_images, with `auto` = 5 epochs when the global batch exceeds the paper's 32
-    (the LR is then scaled above the paper's), else 0."""
+    """optim.warmup_images, with `auto` = 5 epochs when the LR is scaled above the paper's
+    batch-32 LR (a global batch above 32, under linear or sqrt scaling), else 0."""
     value = optim_cfg.warmup_images
     if value == "auto":
-        return WARMUP_EPOCHS * train_size if global_batch > PAPER_BATCH else 0
+        peak = effective_lr(optim_cfg.lr, global_batch, optim_cfg.lr_scaling)
+        return WARMUP_EPOCHS * train_size if peak > optim_cfg.lr else 0
     if not isinstance(value, int) or value < 0:
         raise ConfigError(f"optim.warmup_images must be auto or an integer >= 0, got {value!r}")
     return value
@@ -56,7 +58,7 @@ class LRSchedule:
             raise ConfigError(f"optim.decay_epochs must be > 0, got {optim_cfg.decay_epochs}")
         self.optimizer = optimizer
         self.global_batch = global_batch
-        self.peak = effective_lr(optim_cfg.lr, global_batch)
+        self.peak = effective_lr(optim_cfg.lr, global_batch, optim_cfg.lr_scaling)
         self.start = min(optim_cfg.lr, self.peak)  # below batch 32 there is nothing to ramp
         self.decay_rate = optim_cfg.decay_rate
         self.decay_images = optim_cfg.decay_epochs * train_size

@@ -80,6 +80,7 @@ class ModelSchema:
     separable_conv1: bool
     width_mult: Positive
     head_bn: bool
+    per_activation_bn: Annotated[int, Range(0, 10)]  # inception modules, counted from the last
     init_gain: Positive
     bn_eps: Positive
     bn_momentum: Annotated[float, Range(0, 1, low_open=True)]
@@ -89,6 +90,7 @@ class ModelSchema:
 @dataclasses.dataclass
 class OptimSchema:
     lr: Positive
+    lr_scaling: Literal["linear", "sqrt", "none"]
     momentum: Annotated[float, Range(0, 1, high_open=True)]
     nesterov: bool
     weight_decay: NonNegative
@@ -115,7 +117,7 @@ class TrainerSchema:
     eval_max_images: Images | None
     grad_accum: Count
     resume: str | None
-    pop_stats_batches: NonNegativeCount
+    pop_stats_batches: Literal["auto"] | NonNegativeCount
     monitor: MonitorSchema
     preempt_signal: str  # a signal name (USR2): checked against the platform's signals
     expect_divergence: bool
@@ -166,7 +168,7 @@ class DataSchema:
     eval_crop: Count
     mean: list[float]
     std: list[Positive]
-    shuffle: Literal["full", "shards"]
+    shuffle: Literal["shards", "within_shard", "full"]
     shard_size: Count
     decode: Literal["cpu", "gpu", "dali"]
     train_size: Count | None  # bnrepro-plan's counts
@@ -215,6 +217,7 @@ class MemberSchema:  # a row of bn_x30_ensemble's members table
     init_gain: Positive
     dropout: Annotated[float, Range(0, 1, high_open=True)]
     head_bn: bool
+    per_activation_bn: Annotated[int, Range(0, 10)]
 
 
 @dataclasses.dataclass
@@ -262,10 +265,10 @@ class EnsembleSchema:
     checkpoints: str | list[str]
     member_checkpoint: Literal["last", "best"]
     crops: Literal[1, 10, 144]
-    resolution: Count
+    resolution: Count | None
     batch_crops: Count
     max_images: Count | None
-    pop_stats_batches: NonNegativeCount
+    pop_stats_batches: Literal["auto"] | NonNegativeCount
     save_probs: bool
     results_dir: str | None
     seed: Seed

@@ -2,6 +2,7 @@
 with a paired test on the same images, a mean over seeds with its spread.
 
     wilson(correct=430, n=500)            -> (0.829, 0.889)   95% interval of an accuracy
+    fraction_interval(0.86, n=500)        -> the same, from the fraction
     mcnemar(a_correct, b_correct)         -> Paired(a_only=31, b_only=12, p_value=0.005)
     over_seeds([0.52, 0.55, 0.50])        -> Spread(mean, sd, low, high, n)   t interval
 
@@ -33,6 +34,12 @@ def wilson(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
     centre = (p + z * z / (2 * n)) / denominator
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
     return centre - half, centre + half
+
+
+def fraction_interval(fraction: float, n: int) -> tuple[float, float]:
+    """The 95% Wilson interval of a fraction (an accuracy or an error rate) of n images, given
+    as the fraction: what a table or a summary has at hand."""
+    return wilson(round(fraction * n), n)
 
 
 def binomial_se(correct: int, n: int) -> float:

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from bnrepro import builders, checkpoint, distributed, engine, provenance, schedule
 from bnrepro.checkpoint import Checkpointer, Progress, RunFolder
-from bnrepro.config import check_run, effective_lr, global_batch
+from bnrepro.config import check_run, effective_lr, global_batch, has_bn, lr_rule, pop_stats_batches
 from bnrepro.console import Console, Pace, bars_enabled, eval_line
 from bnrepro.data import DataIdentity, identify, skipped_files, training_sampler
 from bnrepro.errors import CommandError, Diverged, first_names
@@ -43,6 +43,7 @@ from bnrepro.evaluation import bn_stats
 from bnrepro.monitor import Monitor, build_monitor
 from bnrepro.paper import PAPER_BATCH
 from bnrepro.schema import TrainSchema, check
+from bnrepro.stats import fraction_interval
 from bnrepro.tracking import Tracker
 
 
@@ -67,6 +68,7 @@ class Session:
     pace: Pace  # images/s and ETA for the eval lines
     monitor: Monitor | None
     global_batch: int
+    pop_stats_batches: int  # Algorithm 2's batches at the final evaluation (0: none)
     progress: Progress
     lock: checkpoint.FolderLock  # rank 0's claim on the run folder (released when it ends)
 
@@ -95,7 +97,7 @@ def start(cfg: DictConfig, folder: RunFolder, overrides: list[str] | None = None
         data = builders.build_data(cfg, rank=dist.rank, world_size=dist.world_size,
                                    local_rank=dist.local_rank, identity=identity)  # fmt: skip
         batch = global_batch(cfg.data.batch_size, dist.world_size, cfg.trainer.grad_accum)
-        lr = effective_lr(cfg.optim.lr, batch)
+        lr = effective_lr(cfg.optim.lr, batch, cfg.optim.lr_scaling)
         model = builders.build_model(cfg, data.classes).to(runtime.device)
         optimizer = builders.build_optimizer(model, cfg.optim, lr)
         scheduler = schedule.build_scheduler(optimizer, cfg.optim, batch, len(data.train_ds))
@@ -118,17 +120,19 @@ def start(cfg: DictConfig, folder: RunFolder, overrides: list[str] | None = None
         raise
     console = Console(folder.log, enabled=dist.is_main)
     resumed = f" | resumed at {progress.images_seen} images" if ckpt else ""
+    population = pop_stats_batches(cfg.trainer.pop_stats_batches, has_bn(cfg.model),
+                                   data.train_loader.sampler.batches_per_epoch)  # fmt: skip
     console.print(f"run folder {folder.path} | {cfg.experiment_name} | effective LR {lr:g} (optim.lr "
-                  f"{cfg.optim.lr:g} x {batch}/{PAPER_BATCH}) | global batch {batch} "
-                  f"| device {runtime.device} | world {dist.world_size}{resumed} | "
-                  f"{provenance.code_version()}")  # fmt: skip
+                  f"{cfg.optim.lr:g} {lr_rule(cfg.optim.lr_scaling, batch)}) | global batch {batch} "
+                  f"| device {runtime.device} | world {dist.world_size}{resumed} | Algorithm 2 at "
+                  f"the end: {population or 'no'} batches | {provenance.code_version()}")  # fmt: skip
     return Session(
         cfg, folder, dist, runtime, data, model, step_model=step_model,
         optimizer=optimizer, scheduler=scheduler, scaler=scaler,
         cadence=schedule.Cadence(cfg.trainer, progress.images_seen),
         checkpointer=checkpointer, tracker=tracker, console=console,
-        pace=Pace(progress.images_seen), monitor=monitor,
-        global_batch=batch, progress=progress, lock=lock,
+        pace=Pace(progress.images_seen), monitor=monitor, global_batch=batch,
+        pop_stats_batches=population, progress=progress, lock=lock,
     )  # fmt: skip
 
 
@@ -279,9 +283,9 @@ def evaluate_run(s: Session, *, final: bool = False) -> bool:
         best = metrics["val/top1"] > p.best["val/top1"]
         if best:
             p.best = {"val/top1": metrics["val/top1"], "val/top5": metrics["val/top5"]}
-    if final and t.pop_stats_batches and "val_popstats/top1" not in p.metrics:
+    if final and s.pop_stats_batches and "val_popstats/top1" not in p.metrics:
         popstats = bn_stats.population_eval(
-            s.model, s.data, s.runtime, t.pop_stats_batches,
+            s.model, s.data, s.runtime, s.pop_stats_batches,
             max_images=t.eval_max_images, dist=s.dist,
         )  # fmt: skip
         if not math.isfinite(popstats["val_popstats/loss"]):
@@ -338,6 +342,7 @@ def finish(s: Session, *, preempted: bool, requeue: bool, diverged: str | None =
         "experiment_name": s.cfg.experiment_name,
         "seed": s.cfg.seed,
         **p.metrics,
+        **intervals(p.metrics, p.best),
         "preempted": preempted,
         "requeued": requeued,
         "diverged": bool(diverged),
@@ -366,6 +371,20 @@ def finish(s: Session, *, preempted: bool, requeue: bool, diverged: str | None =
         s.console.print(f"W&B logged offline; upload every start of this run with: {sync}")
     s.console.close()
     return summary
+
+
+def intervals(metrics: dict, best: dict) -> dict:
+    """The 95% Wilson interval ([low, high]) of every accuracy in the summary: the last
+    evaluation's val/* and val_popstats/*, and the best's (counted over as many val images)."""
+    out = {}
+    for name, values, key in (("val", metrics, "val"), ("val_popstats", metrics, "val_popstats"),
+                              ("best/val", best, "val")):  # fmt: skip
+        count = metrics.get(f"{key}/images")
+        for k in ("top1", "top5"):
+            value = values.get(f"{key}/{k}")
+            if count and value is not None:
+                out[f"{name}/{k}_ci95"] = list(fraction_interval(value, count))
+    return out
 
 
 def train_job(cfg: DictConfig, run_dir: str, overrides: list[str]) -> dict:

@@ -181,8 +181,8 @@ def restored_progress(data: dict, shuffle: str = "full") -> checkpoint.Progress:
 
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    optim_cfg = OmegaConf.create({"lr": 0.1, "decay_rate": 0.9, "decay_epochs": 1.0,
-                                  "warmup_images": 0})  # fmt: skip
+    optim_cfg = OmegaConf.create({"lr": 0.1, "lr_scaling": "linear", "decay_rate": 0.9,
+                                  "decay_epochs": 1.0, "warmup_images": 0})  # fmt: skip
     scheduler = build_scheduler(optimizer, optim_cfg, global_batch=32, train_size=100)
     ckpt = fake_ckpt(320, model=model.state_dict(), optimizer=optimizer.state_dict(),
                      scheduler=scheduler.state_dict(), scaler=None, step=10, data=data,

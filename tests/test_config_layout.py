@@ -35,6 +35,14 @@ WANDB_ENV = {"logger.wandb.project": "${oc.env:WANDB_PROJECT,bnrepro}",
              "logger.wandb.group": "${oc.env:WANDB_RUN_GROUP,${experiment_name}}",
              "logger.wandb.tags": "${comma_list:${oc.env:WANDB_TAGS,null}}",
              "logger.wandb.notes": "${oc.env:WANDB_NOTES,null}"}  # fmt: skip
+# Issue 21, on purpose: the LR scaling and per-activation BN keys, Algorithm 2 by default, the
+# paper's within-shard shuffling where BN-x5 and later had a full permutation, and the ensemble
+# members' per-activation BN in 5a/5b instead of BN on the pooled features.
+ADDED |= {"optim.lr_scaling": "linear", "model.per_activation_bn": 0}
+ISSUE_21 = {"trainer.pop_stats_batches": "auto"}
+MEMBERS_21 = [{"init_gain": g, "dropout": d, "per_activation_bn": b, "head_bn": False}
+              for g, d, b in [(1.5, 0.05, 2), (1.5, 0.10, 2), (1.0, 0.05, 2), (1.0, 0.10, 2),
+                              (1.5, 0.05, 0), (1.5, 0.10, 0)]]  # fmt: skip
 # ... and each experiment's own ImageNet budget (the CPU scales keep theirs), in images.
 BUDGETS = {"inception": 1_120_000_000, "bn_baseline": 512_000_000, "bn_x5": 320_000_000,
            "bn_x30": 320_000_000, "bn_x5_sigmoid": 320_000_000,
@@ -64,6 +72,12 @@ def expected(case: str) -> dict:
     values.update(ADDED)
     values["run_name"] = values["run_name"].replace(*SWEEP_TAG)
     values.update(WANDB_ENV)
+    values.update(ISSUE_21)
+    if values["data.shuffle"] == "full":
+        values["data.shuffle"] = "within_shard"
+    if "members" in values:
+        values["members"] = MEMBERS_21
+        values["model.per_activation_bn"] = "${oc.select:members.${member}.per_activation_bn}"
     experiment, _, data = case.partition("/")
     values.update(ADDED_BY_DATA.get(data, {}))
     if data == "imagenet":

@@ -361,7 +361,7 @@ def test_augmentation_is_reproducible_from_the_seed_at_any_worker_count(image_fo
     assert not same(base, epoch_batches(cfg, ds, epoch=1, seed=1))
 
 
-@pytest.mark.parametrize("shuffle", ["full", "shards"])
+@pytest.mark.parametrize("shuffle", ["full", "shards", "within_shard"])
 def test_a_samples_augmentation_is_its_own_at_any_worker_count_and_resume_point(
     image_folder_tree, shuffle
 ):
@@ -402,7 +402,7 @@ def test_a_samples_augmentation_is_its_own_at_any_worker_count_and_resume_point(
             assert all(torch.equal(a, b) for a, b in zip(values, reference[key], strict=True))
 
 
-@pytest.mark.parametrize("shuffle", ["full", "shards"])
+@pytest.mark.parametrize("shuffle", ["full", "shards", "within_shard"])
 def test_resume_at_start_image_equals_continuing(image_folder_tree, shuffle):
     root, _ = image_folder_tree
     cfg = data_cfg(root, f"data.shuffle={shuffle}", "data.shard_size=8")
@@ -424,7 +424,7 @@ def rank_batches(size, epoch, *, world, shuffle, batch=4, start=0, seed=7, shard
     return out
 
 
-@pytest.mark.parametrize("shuffle", ["full", "shards"])
+@pytest.mark.parametrize("shuffle", ["full", "shards", "within_shard"])
 def test_ranks_get_disjoint_equal_shares_and_a_new_order_each_epoch(shuffle):
     world, size = 3, 100
     firsts = []
@@ -454,7 +454,44 @@ def test_shard_shuffle_keeps_every_batch_a_fixed_group(world):
     assert groups["shards", 0] <= one_rank  # the same groups whatever the number of ranks
 
 
-@pytest.mark.parametrize("shuffle", ["full", "shards"])
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_within_shard_keeps_each_shard_but_changes_who_shares_a_batch(world):
+    """Section 4.2.1, the paper's change: "within-shard shuffling ... prevents the same examples
+    from always appearing in a mini-batch together". Under within_shard every image stays in
+    its shard (each epoch's order is the fixed shards, one after another, as under shards), but
+    the groups that share a batch change from epoch to epoch, on any world size."""
+    shard_size, size = 8, 100
+
+    def shards_of(shuffle: str, epoch: int) -> set[frozenset]:
+        s = D.EpochSampler(size, batch_size=4, seed=7, shuffle=shuffle, shard_size=shard_size)
+        order = s.order(epoch)[: size // shard_size * shard_size].tolist()
+        return {frozenset(order[i : i + shard_size]) for i in range(0, len(order), shard_size)}
+
+    fixed = shards_of("shards", 0)
+    partial = frozenset(range(size)) - frozenset().union(*fixed)  # the last, partial shard
+    groups = []
+    for epoch in range(3):
+        assert shards_of("within_shard", epoch) == fixed  # every image in its own shard
+        shares = rank_batches(size, epoch, world=world, shuffle="within_shard")
+        batches = {frozenset(b) for batches in shares for b in batches}
+        assert all(any(b <= shard for shard in [*fixed, partial]) for b in batches)  # in a shard
+        groups.append(batches)
+    assert groups[0] != groups[1] != groups[2]  # who shares a batch changes every epoch
+    assert len(groups[0] & groups[1]) <= len(groups[0]) // 2
+    # the order inside a shard is new each epoch; under shards it never changes
+    for shuffle, changes in (("within_shard", True), ("shards", False)):
+        s = D.EpochSampler(size, batch_size=4, seed=7, shuffle=shuffle, shard_size=shard_size)
+        assert (
+            sorted(map(tuple, _runs(s.order(0), 8))) != sorted(map(tuple, _runs(s.order(1), 8)))
+        ) == changes
+
+
+def _runs(order, shard_size: int) -> list[list[int]]:
+    full = len(order) // shard_size * shard_size
+    return [order[i : i + shard_size].tolist() for i in range(0, full, shard_size)]
+
+
+@pytest.mark.parametrize("shuffle", ["full", "shards", "within_shard"])
 def test_an_epoch_resumed_on_other_world_sizes_uses_every_image_once(shuffle):
     """The position is global: 4 global batches on 2 ranks, then 3 ranks, then 1 rank from where
     each stopped: every image of the epoch exactly once (96 = 4 x 8 + 4 x 12 + 4 x 4)."""
@@ -543,7 +580,9 @@ def test_device_decode_remembers_the_files_it_refuses(image_folder_tree, monkeyp
     cfg = data_cfg(root, "data.augment.color_strength=0.5")
     ds, _, _ = D.build_datasets(cfg)
     index = [ds.split.path(i) for i in range(len(ds))].index(str(png))
-    loader = D.DeviceDecodeLoader(cfg, ds, D.EpochSampler(len(ds), batch_size=4, seed=0), "cpu")
+    sampler = D.EpochSampler(len(ds), batch_size=4, seed=0, shuffle=cfg.shuffle,
+                             shard_size=cfg.shard_size)  # the order build_train_loader gives  # fmt: skip
+    loader = D.DeviceDecodeLoader(cfg, ds, sampler, "cpu")
     calls = []
     decode_one = loader._decode_one
     monkeypatch.setattr(loader, "_decode_one", lambda buf: calls.append(1) or decode_one(buf))
@@ -571,7 +610,8 @@ def test_device_decode_path_matches_the_cpu_path(image_folder_tree):
     (root / "train" / WNIDS[0] / "cut.JPEG").write_bytes(good[:-200])  # fails the batch decode
     cfg = data_cfg(root, "data.augment.color_strength=0.5")
     ds, _, _ = D.build_datasets(cfg)
-    sampler = D.EpochSampler(len(ds), batch_size=4, seed=0)
+    sampler = D.EpochSampler(len(ds), batch_size=4, seed=0, shuffle=cfg.shuffle,
+                             shard_size=cfg.shard_size)  # the order build_train_loader gives  # fmt: skip
     sampler.set_epoch(1)
     with pytest.warns(UserWarning, match="skipping unreadable image"):
         device_batches = list(D.DeviceDecodeLoader(cfg, ds, sampler, device="cpu"))

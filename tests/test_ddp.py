@@ -187,7 +187,8 @@ def test_resume_on_other_world_sizes_continues_images_lr_and_epoch(tiny_override
     run_dir = tmp_path / "bn_x30_seed0"
     base = [*tiny_overrides, "runtime.device=cpu", "data.batch_size=8", "optim.decay_epochs=0.5",
             "trainer.log_every_images=8", "trainer.eval_every_images=10000",
-            "trainer.ckpt_every_images=10000", "trainer.eval_max_images=8"]  # fmt: skip
+            "trainer.ckpt_every_images=10000", "trainer.eval_max_images=8",
+            "trainer.pop_stats_batches=0"]  # Algorithm 2 reads training images too  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled")
     used, previous = {}, 0
     for world, max_images in ((2, 64), (3, 208), (1, 320)):

@@ -30,6 +30,8 @@ from bnrepro.evaluation.crops import cut_crops
 from bnrepro.schema import EnsembleSchema, check
 
 DATA = TINY_DATA  # the same tree, read as the trainer's tests read it
+# a fake checkpoint's data config: the tiny tree's (32 px), as a trained one records it
+TRAINED_AT = OmegaConf.to_container(compose("train", TINY_TRAIN).data, resolve=True)
 WIDTH = 0.125
 MEMBERS = 6
 
@@ -58,7 +60,7 @@ def fake_checkpoint(path: Path, classes: list[str], *, seed: int = 0, **arch_cha
         "classes": classes,
         "model": model.state_dict(),
         "images_seen": 0,
-        "config": {"run_name": path.stem, "experiment_name": "fake"},
+        "config": {"run_name": path.stem, "experiment_name": "fake", "data": TRAINED_AT},
     }
     checkpoint.save(path, ckpt)
     return path
@@ -233,7 +235,8 @@ def fake_run(folder: Path, classes: list[str], files: list[str], **config) -> Pa
     for i, name in enumerate(files):
         fake_checkpoint(folder / "checkpoints" / name, classes, seed=i)
         ckpt = checkpoint.load(folder / "checkpoints" / name)
-        ckpt["config"] = {"run_name": folder.name, "experiment_name": "fake", **config}
+        ckpt["config"] = {"run_name": folder.name, "experiment_name": "fake", "data": TRAINED_AT,
+                          **config}  # fmt: skip
         checkpoint.save(folder / "checkpoints" / name, ckpt)
     return folder
 
@@ -260,7 +263,7 @@ def test_best_checkpoints_only_on_request_and_then_the_table_says_so(
     assert "**Members selected on this val set**" in md
     assert "| member 0: init x1.5, dropout 5%, head BN |" in md
     assert best["members"][1]["changes"] == {"member": 1, "init_gain": 1.5, "dropout": 0.1,
-                                             "head_bn": True}  # fmt: skip
+                                             "head_bn": True, "per_activation_bn": None}  # fmt: skip
 
 
 def test_population_statistics_use_each_members_own_training_pipeline(
@@ -290,6 +293,78 @@ def test_population_statistics_use_each_members_own_training_pipeline(
     assert [m["pop_stats_data"]["augment"]["color_strength"] for m in results["members"]] == [
         0.5, 0.25,
     ]  # fmt: skip
+
+
+def _trained_at(eval_crop: int) -> dict:
+    return dict(TRAINED_AT, eval_crop=eval_crop, train_crop=eval_crop)
+
+
+def test_the_resolution_comes_from_the_members_checkpoints(tiny_data_root, classes, tmp_path):
+    """Members trained at 32 px are scored at 32 px, whatever this command's data.eval_crop
+    (here 48: the ensemble used to evaluate at it); resolution=N scores them at N."""
+    runs = tmp_path / "runs"
+    for i in range(2):
+        fake_run(runs / f"m{i}", classes, ["ckpt_000000000016.pt"], data=_trained_at(32))
+    cfg = ensemble_cfg(tiny_data_root, tmp_path, str(runs), "crops=1", "max_images=4",
+                       "data.eval_crop=48", "data.eval_resize=55")  # fmt: skip
+    results = ensemble.evaluate_ensemble(cfg, tmp_path / "a")
+    assert results["resolution"] == 32 and results["resolution_from"] == "members"
+    assert {r["resolution"] for r in results["rows"]} == {32}
+    assert [m["trained_resolution"] for m in results["members"]] == [32, 32]
+    explicit = ensemble.evaluate_ensemble(
+        ensemble_cfg(tiny_data_root, tmp_path, str(runs), "crops=1", "max_images=4",
+                     "resolution=40"), tmp_path / "b"
+    )  # fmt: skip
+    assert {r["resolution"] for r in explicit["rows"]} == {40}
+    assert explicit["resolution_from"] == "resolution"
+
+
+def test_members_of_different_resolutions_are_refused_unless_one_is_set(
+    tiny_data_root, classes, tmp_path, no_long_work
+):
+    runs = tmp_path / "runs"
+    fake_run(runs / "small", classes, ["ckpt_000000000016.pt"], data=_trained_at(32))
+    fake_run(runs / "large", classes, ["ckpt_000000000016.pt"], data=_trained_at(64))
+    cfg = ensemble_cfg(tiny_data_root, tmp_path, str(runs), "crops=1", "max_images=4")
+    with pytest.raises(ensemble.EnsembleError, match=r"different resolutions \(large: 64 px, "
+                       r"small: 32 px\).* set resolution=N"):  # fmt: skip
+        ensemble.evaluate_ensemble(cfg, tmp_path / "a")
+    assert not (tmp_path / "a").exists()  # refused before anything is written
+    per_activation = fake_checkpoint(tmp_path / "pa.pt", classes, per_activation_bn=2, img_size=32)
+    cfg = ensemble_cfg(tiny_data_root, tmp_path, [per_activation], "resolution=48")
+    with pytest.raises(ensemble.EnsembleError, match="per-activation BN built for 32 px"):
+        ensemble.evaluate_ensemble(cfg, tmp_path / "b")
+
+
+def test_population_statistics_and_paired_tests_by_default(tiny_data_root, classes, tmp_path):
+    """A default ensemble run reports Algorithm 2's scores beside the moving averages (auto: at
+    most one epoch of each member's training pipeline), every error with its interval, and the
+    paired tests that its hits allow; an explicit count with a BN-free member is refused."""
+    members = [fake_checkpoint(tmp_path / f"m{i}.pt", classes, seed=i) for i in range(2)]
+    cfg = ensemble_cfg(tiny_data_root, tmp_path, members, "crops=1", "max_images=8")
+    assert cfg.pop_stats_batches == "auto" and cfg.resolution is None  # the defaults
+    results = ensemble.evaluate_ensemble(cfg, tmp_path / "run")
+    rows = results["rows"]
+    assert [r["bn_stats"] for r in rows] == ["moving"] * 3 + ["population"] * 3
+    train_batches = 160 // 16  # the tiny tree's epoch at the members' batch of 16
+    assert [m["pop_stats_batches"] for m in results["members"]] == [train_batches] * 2
+    from bnrepro.stats import wilson
+
+    for r in rows:
+        wrong = round(r["top1_error"] * r["images"])
+        assert r["top1_error_ci95"] == pytest.approx(wilson(wrong, r["images"]))
+    tested = {(c["a"], c["b"], c["metric"]) for c in results["comparisons"]}
+    assert ("ensemble of 2", "m0", "top1") in tested  # the ensemble against each member
+    assert ("m1 (population BN)", "m1", "top5") in tested  # population against moving
+    for c in results["comparisons"]:
+        assert 0 <= c["p_value"] <= 1 and c["better"] in ("A", "B", "neither")
+    md = (tmp_path / "run" / "results.md").read_text()
+    assert "Paired tests on the same images" in md and "(95% CI)" in md
+    assert "paper top-1" not in md  # synthetic data: the paper's ImageNet numbers are not shown
+    no_bn = fake_checkpoint(tmp_path / "plain.pt", classes, batch_norm=False)
+    cfg = ensemble_cfg(tiny_data_root, tmp_path, [members[0], no_bn], "pop_stats_batches=2")
+    with pytest.raises(ensemble.EnsembleError, match="plain have no BN layer"):
+        ensemble.evaluate_ensemble(cfg, tmp_path / "refused")
 
 
 def test_cli_exits_non_zero_with_one_line(tmp_path) -> None:
@@ -384,25 +459,30 @@ def test_six_members_equal_the_mean_of_their_saved_probs(
 
     saved = np.load(tmp_path / "run" / "probs.npz")
     probs, labels = saved["probs"], saved["labels"]
-    assert probs.shape == (MEMBERS, max_images, 10)
+    assert probs.shape == saved["probs_population"].shape == (MEMBERS, max_images, 10)
     np.testing.assert_allclose(probs.sum(-1), 1, rtol=1e-5)
-    rows = results["rows"]
-    assert [r["models"] for r in rows] == [1] * MEMBERS + [MEMBERS]
-    assert [r["model"] for r in rows[:MEMBERS]] == [
-        f"bn_x30_ensemble_member{i}_seed{i}" for i in range(6)
-    ]
+    rows = results["rows"]  # moving averages, then Algorithm 2 (on by default)
     assert {(r["crops"], r["resolution"], r["images"]) for r in rows} == {(crops, 32, max_images)}
-    for r, p in zip(rows, [*probs, probs.mean(0)], strict=True):
-        assert (r["top1_error"], r["top5_error"]) == pytest.approx(_errors(p, labels), abs=1e-12)
+    for stats, key in (("moving", "probs"), ("population", "probs_population")):
+        these = [r for r in rows if r["bn_stats"] == stats]
+        assert [r["models"] for r in these] == [1] * MEMBERS + [MEMBERS]
+        suffix = "" if stats == "moving" else " (population BN)"
+        assert [r["model"] for r in these[:MEMBERS]] == [
+            f"bn_x30_ensemble_member{i}_seed{i}{suffix}" for i in range(6)
+        ]
+        for r, p in zip(these, [*saved[key], saved[key].mean(0)], strict=True):
+            assert (r["top1_error"], r["top5_error"]) == pytest.approx(
+                _errors(p, labels), abs=1e-12
+            )
     # the labels are the val set's, in order
     val_labels = build_datasets(cfg.data)[1].split.labels[:max_images]
     assert labels.tolist() == val_labels.tolist()
     on_disk = json.loads((tmp_path / "results" / "results.json").read_text())
     assert on_disk["rows"] == rows
     md = (tmp_path / "run" / "results.md").read_text()
-    assert "| ensemble of 6 | 32 |" in md
+    assert "| ensemble of 6 | moving | 32 |" in md and "| ensemble of 6 (population BN) |" in md
     # the Figure 4 table lists each member's changes (configs/experiment/bn_x30_ensemble.yaml)
-    assert "| member 1: init x1.5, dropout 10%, head BN |" in md
+    assert "| member 1: init x1.5, dropout 10%, per-activation BN in the last 2 modules |" in md
     assert "| member 4: init x1.5, dropout 5% |" in md
     # the last checkpoints by default: no selection on the val set
     assert not results["selected_on_val"] and "selected on this val set" not in md
@@ -461,4 +541,6 @@ def test_wandb_run_is_an_ensemble_job_in_the_members_group(
         if r.HasField("summary")
         for item in r.summary.update
     }
-    assert summary["ensemble of 2/top1_error"] == pytest.approx(rows[-1]["top1_error"])
+    by_name = {r["model"]: r for r in rows}  # moving averages and Algorithm 2 (the default)
+    for name in ("ensemble of 2", "ensemble of 2 (population BN)"):
+        assert summary[f"{name}/top1_error"] == pytest.approx(by_name[name]["top1_error"])

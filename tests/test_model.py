@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import bnrepro  # noqa: F401  (registers bn_inception)
-from bnrepro.model import INCEPTION_TABLE, BNInception
+from bnrepro.model import INCEPTION_TABLE, BNInception, PerActivationBN
 
 # Figure 5's "output size" column with the real post-stride sizes of 3c and 4e (docs/paper.md section 1).
 EXPECTED_SHAPES_224 = {
@@ -144,3 +144,45 @@ def test_width_multiplier_and_single_channel_input():
     model = timm.create_model("bn_inception", num_classes=10, width_mult=0.25, in_chans=1)
     assert model.num_features == 256
     assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("side", [32, 65, 224])
+def test_per_activation_bn_normalises_every_activation_of_the_last_modules(side):
+    """The second reading of section 4.2.3: in the last N modules every BN normalises each
+    (channel, row, column) over the batch, sized from img_size (for any input side), and the
+    rest stays per feature map. Train mode: each activation's batch mean 0, variance 1."""
+    kwargs = dict(num_classes=10, width_mult=0.125, per_activation_bn=2, img_size=side)
+    model = BNInception(**kwargs).train()
+    per_activation = {n for n, m in model.named_modules() if isinstance(m, PerActivationBN)}
+    assert per_activation and all(
+        n.startswith(("blocks.5a.", "blocks.5b.")) for n in per_activation
+    )
+    assert all(not isinstance(m, nn.BatchNorm2d) for n, m in model.named_modules()
+               if n.startswith(("blocks.5a.", "blocks.5b.")))  # fmt: skip
+    seen = []
+    bn = getattr(model.blocks, "5b").branch1x1.bn
+    bn.register_forward_hook(lambda _m, i, out: seen.append((i[0].clone(), out.clone())))
+    model(torch.randn(8, 3, side, side))
+    x, out = seen[0]  # before the in-place ReLU; gamma 1 and beta 0 at initialisation
+    assert out.shape[2:] == tuple(bn.shape[1:]) == (getattr(model.blocks, "5b").side,) * 2
+    eps = bn.bn.eps  # each (channel, row, column) over the batch of 8, nothing shared
+    expected = (x - x.mean(0)) / (x.var(0, unbiased=False) + eps).sqrt()
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+    model.eval()(torch.randn(1, 3, side, side))  # evaluation at the size it was built for
+    with pytest.raises(ValueError, match="per-activation BN built for"):
+        model(torch.randn(1, 3, side + 32, side + 32))
+    with pytest.raises(ValueError, match="needs batch_norm=True"):
+        BNInception(**kwargs, batch_norm=False)
+
+
+def test_per_activation_bn_takes_algorithm_2():
+    """Algorithm 2 finds its BatchNorm1d like any BN: population statistics per activation."""
+    from bnrepro.evaluation.bn_stats import recompute_bn_stats
+
+    torch.manual_seed(0)
+    model = BNInception(num_classes=10, width_mult=0.125, per_activation_bn=1, img_size=64)
+    batches = [torch.randn(4, 3, 64, 64) for _ in range(3)]
+    recompute_bn_stats(model, iter(batches), num_batches=3)
+    bn = getattr(model.blocks, "5b").branch1x1.bn.bn
+    assert bn.momentum == 0.1 and bn.running_mean.shape == (bn.num_features,)
+    assert not torch.equal(bn.running_var, torch.ones_like(bn.running_var))

@@ -14,7 +14,7 @@ from bnrepro.cli import bnrepro_plan
 from bnrepro.config import CONFIG_DIR, compose, sweep
 from bnrepro.errors import EXIT_USER_ERROR
 from bnrepro.figures.tables import paper_steps_text
-from bnrepro.paper import BN_X30_PEAK_STEPS, FIGURE3, PAPER_BATCH
+from bnrepro.paper import BN_X30_PEAK_STEPS, FIGURE3, PAPER_BATCH, PAPER_DIVERGED_LR
 
 REPO = Path(__file__).resolve().parents[1]
 MARGIN = 1.1  # a budget covers the paper's curve with at least 10% to spare
@@ -202,6 +202,27 @@ def test_single_plan_prints_everything(capsys):
         assert words in out, words
     plot = out.split("LR against paper steps:\n")[1].splitlines()
     assert len(plot) == PLOT_HEIGHT + 2 and plot[0].startswith("    0.024 |")
+
+
+@pytest.mark.parametrize(
+    "experiment, gpus, scaling, warned",
+    [("inception", 1, "linear", False), ("inception", 8, "linear", True),
+     ("inception", 8, "sqrt", False), ("inception", 8, "none", False),
+     ("bn_baseline", 8, "linear", False), ("inception_x5", 8, "linear", False)],
+)  # fmt: skip
+def test_plan_warns_a_bn_free_network_above_the_papers_divergence_lr(
+    experiment, gpus, scaling, warned, capsys
+):
+    """Inception at 8 x 32 under linear scaling peaks at 0.012, above the 0.0075 at which the
+    paper's Inception diverged (section 4.2.2); with BN, or expecting divergence, no warning."""
+    overrides = [*IMAGENET, f"plan.gpus={gpus}", f"optim.lr_scaling={scaling}"]
+    p = make(experiment, *overrides)
+    assert (p.peak_lr > PAPER_DIVERGED_LR and experiment == "inception") == warned
+    assert bool(p.warnings) == warned
+    bnrepro_plan([f"experiment={experiment}", *overrides])
+    out = capsys.readouterr().out
+    assert f"optim.lr_scaling={scaling})" in out
+    assert ("exceeds 0.0075, the LR at which the paper's Inception diverged" in out) == warned
 
 
 @pytest.mark.parametrize(

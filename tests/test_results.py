@@ -65,64 +65,144 @@ PAPER |= {"0.1%", "6.67%", "4.82%"}  # Figure 4's GoogLeNet row and test-set err
 
 # ---------------------------------------------------------------- Figure 4 at CPU scale
 
+ENSEMBLE_CPU = RESULTS / "ensemble_cpu"
+
 
 def ensemble_json(crops: int) -> dict:
-    return load(RESULTS / "ensemble_cpu" / f"crops{crops}" / "results.json")
+    return load(ENSEMBLE_CPU / f"crops{crops}" / "results.json")
 
 
-def test_ensemble_readme_table_is_its_json():
-    (table,) = tables(RESULTS / "ensemble_cpu" / "README.md")
-    for row in table:
-        crops, models = int(row["crops"]), int(row["models"])
-        seed = re.search(r"(seed|member) (\d+)", row["model"])  # "best single member (seed 1)"
-        (ours,) = [
-            r
-            for r in ensemble_json(crops)["rows"]
-            if (seed and r["models"] == 1 and re.search(rf"_{seed[1]}{seed[2]}(_|$)", r["model"]))
-            or (not seed and r["model"] == f"ensemble of {models}")
-        ]
-        name = ours["model"]
-        assert (row["top-1 error"], row["top-5 error"]) == (
-            percent(ours["top1_error"]),
-            percent(ours["top5_error"]),
-        ), row
-        paper = FIGURE4.get((crops, models), (None, None))
-        assert (row["paper top-1"], row["paper top-5"]) == tuple(map(paper_percent, paper))
-        if seed:  # "best single member": the lowest top-1 error at one crop
-            singles = [r for r in ensemble_json(1)["rows"] if r["models"] == 1]
-            assert min(singles, key=lambda r: r["top1_error"])["model"] == name
+def ensemble_crops() -> list[int]:
+    return sorted(int(p.parent.name[5:]) for p in ENSEMBLE_CPU.glob("crops*/results.json"))
+
+
+def readme_renderer():
+    """scripts/ensemble_cpu_readme.py, imported from its path (scripts/ is not a package)."""
+    import importlib.util
+
+    path = RESULTS.parent / "scripts" / "ensemble_cpu_readme.py"
+    spec = importlib.util.spec_from_file_location("ensemble_cpu_readme", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ensemble_readme_is_rendered_from_its_json():
+    """results/ensemble_cpu/README.md is what scripts/ensemble_cpu_readme.py makes of the JSON
+    files beside it: rerun the experiment (scripts/ensemble_cpu.sh), never edit the README."""
+    renderer = readme_renderer()
+    assert (ENSEMBLE_CPU / "README.md").read_text() == renderer.render(renderer.load(ENSEMBLE_CPU))
+
+
+def _row(results: dict, name: str, crops: int) -> dict:
+    (row,) = [r for r in results["rows"] if r["model"] == name and r["crops"] == crops]
+    return row
+
+
+def test_ensemble_readme_claims_hold_in_the_json():
+    """Each claim of the README, checked against the JSON on its own (not through the renderer):
+    a "best single member" has the lowest error on its metrics among the members with the same
+    BN statistics; "X beats Y" is a paired test that says so at 5%, "no significant difference"
+    one that does not; without a paired test nothing is claimed; top-5 is claimed as often as
+    top-1; every error in a table is the JSON's, with its Wilson interval."""
+    from bnrepro.stats import fraction_interval
+
+    text = (ENSEMBLE_CPU / "README.md").read_text()
+    (figure4, *_) = [t for t in tables(ENSEMBLE_CPU / "README.md") if "crops" in t[0]]
+    for row in figure4:
+        results = ensemble_json(int(row["crops"]))
+        best = re.match(
+            r"best single member on (top-1|top-5)(?: and (top-5))?: (.+)$", row["model"]
+        )
+        name = best[3] if best else row["model"]
+        ours = _row(results, name, int(row["crops"]))
+        assert ours["bn_stats"] == row["BN statistics"]
+        for metric in ("top1", "top5"):
+            low, high = fraction_interval(ours[f"{metric}_error"], ours["images"])
+            cell = f"{percent(ours[f'{metric}_error'])} ({100 * low:.1f}-{100 * high:.1f})"
+            assert row[f"top-{metric[-1]} error (95% CI)"] == cell, row
+        for metric in filter(None, best.groups()[:2] if best else ()):
+            key = f"top{metric[-1]}_error"
+            peers = [r for r in results["rows"] if r["models"] == 1
+                     and r["bn_stats"] == ours["bn_stats"]]  # fmt: skip
+            assert ours[key] == min(r[key] for r in peers), (row, metric)
+
+    claim = re.compile(r"\*\*(.+?) beats (.+?)\*\* on (top-[15]) error at (\d+) crops? "
+                       r"\((\w+) BN statistics\)")  # fmt: skip
+    for a, b, metric, crops, stats in claim.findall(text):
+        results = ensemble_json(int(crops))
+        ensemble = [r["model"] for r in results["rows"] if r["models"] > 1
+                    and r["bn_stats"] == stats][0]  # fmt: skip
+        names = {"the ensemble": ensemble}
+        test = [c for c in results["comparisons"] if c["metric"] == metric.replace("-", "")
+                and {c["a"], c["b"]} == {names.get(a, a), names.get(b, b)}]  # fmt: skip
+        assert len(test) == 1 and test[0]["p_value"] < 0.05, (a, b, metric, crops)
+        winner = test[0]["a"] if test[0]["better"] == "A" else test[0]["b"]
+        assert winner == names.get(a, a), (a, b, metric, crops)
+    if "not tested (this results.json holds no paired test)" in text:
+        assert any(not ensemble_json(c).get("comparisons") for c in ensemble_crops())
+    readings = re.findall(r"(top-[15]): \*\*(\w+) beats (\w+)\*\*", text)
+    for metric, better, worse in readings:  # seed means whose 95% t intervals do not overlap
+        spread = {}
+        for name in (better, worse):
+            rows = load(ENSEMBLE_CPU / "readings" / name / "results.json")["rows"]
+            stats = "population" if any(r["bn_stats"] == "population" for r in rows) else "moving"
+            seeds = [r for r in rows if r["models"] == 1 and r["bn_stats"] in (stats, "none")]
+            spread[name] = over_seeds([r[f"top{metric[-1]}_error"] for r in seeds])
+        assert spread[better].high < spread[worse].low, (metric, better, worse)
+    more_crops = len(re.findall(r"\*\*the ensemble at \d+ crops beats|beats the ensemble at", text))
+    bold_claims = len(re.findall(r"\*\*[^*]+ beats [^*]+\*\*", text))  # the only way it claims
+    assert bold_claims == len(claim.findall(text)) + len(readings) + more_crops
+    claims = text.split("## The ensemble against its best member")[1].split("## Algorithm 2")[0]
+    assert claims.count("top-1 ") == claims.count("top-5 ") > 0
+
+
+def test_the_readme_says_beats_only_where_the_paired_test_does():
+    """The renderer on a made-up results.json: "beats" for a significant paired test, in the
+    winner's direction, "no significant difference" otherwise, top-5 beside top-1."""
+    renderer = readme_renderer()
+    rows = [{"model": name, "models": models, "bn_stats": "moving", "images": 500,
+             "top1_error": t1, "top5_error": t5, "crops": 1}
+            for name, models, t1, t5 in [("m0", 1, 0.4, 0.05), ("m1", 1, 0.5, 0.04),
+                                          ("ensemble of 2", 2, 0.3, 0.06)]]  # fmt: skip
+    tests = [{"a": "ensemble of 2", "b": "m0", "metric": "top1", "a_only": 60, "b_only": 10,
+              "p_value": 1e-9, "better": "A"},
+             {"a": "ensemble of 2", "b": "m1", "metric": "top5", "a_only": 3, "b_only": 13,
+              "p_value": 0.02, "better": "B"}]  # fmt: skip
+    lines = renderer.claims_section({"crops": {1: {"rows": rows, "comparisons": tests}}})
+    assert lines[0].startswith("- **the ensemble beats m0** on top-1 error at 1 crop (moving")
+    assert lines[1].startswith("- **m1 beats the ensemble** on top-5 error at 1 crop (moving")
+    tests[0].update(p_value=0.2, better="neither")
+    lines = renderer.claims_section({"crops": {1: {"rows": rows, "comparisons": tests}}})
+    assert "beats" not in lines[0] and "no significant difference" in lines[0]
 
 
 @pytest.mark.parametrize("crops", [1, 10, 144])
-def test_each_ensemble_results_md_is_its_json(crops):
-    (table,) = tables(RESULTS / "ensemble_cpu" / f"crops{crops}" / "results.md")
-    rows = {r["model"]: r for r in ensemble_json(crops)["rows"]}
+def test_each_ensemble_results_md_is_its_json_with_intervals(crops):
+    """results.md is ensemble_markdown of results.json: every error with its 95% interval."""
+    (table, *_) = tables(ENSEMBLE_CPU / f"crops{crops}" / "results.md")
+    results = ensemble_json(crops)
+    rows = {r["model"]: r for r in results["rows"]}
     assert [row["model"] for row in table] == list(rows)
     for row in table:
         ours = rows[row["model"]]
-        assert (row["top-1 error"], row["top-5 error"]) == (
-            percent(ours["top1_error"]),
-            percent(ours["top5_error"]),
-        )
+        for metric in ("top1", "top5"):
+            cell = row[f"top-{metric[-1]} error (95% CI)"]
+            assert cell.startswith(percent(ours[f"{metric}_error"]) + " ("), row
+    assert (
+        "paper top-1" not in table[0]
+    )  # synthetic rows: the paper's ImageNet numbers are not shown
 
 
-def test_ensemble_readme_numbers_and_claims_are_the_jsons():
-    text = (RESULTS / "ensemble_cpu" / "README.md").read_text()
-    allowed = PAPER.union(*(json_percentages(ensemble_json(c)["rows"]) for c in (1, 10, 144)))
-    assert set(percentages(text)) <= allowed
-    members = ensemble_json(144)["members"]
-    longest = max(m["images_seen"] for m in members)
-    for m in members:  # a member whose checkpoint is earlier than the others' is named
-        if m["images_seen"] < longest:
-            number = re.search(r"(seed|member)(\d+)$", m["name"])
-            assert f"{m['images_seen']:,} for {number[1]} {number[2]}" in text, m
-    # "144 crops lower every error" only if no error rises from 1 to 144 crops
-    one, many = ({(r["model"], k): r[k] for r in ensemble_json(c)["rows"]
-                  for k in ("top1_error", "top5_error")} for c in (1, 144))  # fmt: skip
-    if any(many[key] > one[key] for key in one):
-        for path in (RESULTS / "ensemble_cpu" / "README.md", RESULTS / "README.md"):
-            claims = path.read_text()
-            assert "every error" not in claims and "error of every member" not in claims, path
+def test_every_accuracy_in_the_ensemble_results_has_its_interval():
+    """Issue 21: no table of results/ensemble_cpu prints an accuracy or error without its
+    interval (the paper's own numbers aside)."""
+    for path in ENSEMBLE_CPU.rglob("*.md"):
+        for table in tables(path):
+            for row in table:
+                for column, cell in row.items():
+                    if percentages(cell) and not column.startswith("paper"):
+                        assert re.search(r"\d+\.\d+% \(\d+\.\d+-\d+\.\d+\)", cell), (path, cell)
 
 
 # ---------------------------------------------------------------- Figures 2 and 3 proxy
@@ -412,7 +492,7 @@ def test_results_readme_cpu_rows_cite_only_numbers_their_json_holds():
         "Figures 2 and 3": json_percentages(load(RESULTS / "proxy" / "figure3.json")),
         "Figure 4": PAPER.union(
             *(json_percentages(ensemble_json(c)["rows"]) for c in (1, 10, 144))
-        ),
+        ),  # no "beats": results/README.md points to the generated README for the claims
         "the default job": json_percentages(load(RESULTS / "default_job" / "summary.json")),
     }
     for row in cpu:

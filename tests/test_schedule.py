@@ -19,7 +19,9 @@ INCEPTION_DIVERGED_LR = 0.0075  # docs/paper.md section 3: Inception at BN-x5's 
 
 def schedule(optim_cfg, global_batch: int, train_size: int = TRAIN_SIZE):
     param = torch.nn.Parameter(torch.zeros(1))
-    opt = torch.optim.SGD([param], lr=effective_lr(optim_cfg.lr, global_batch))
+    opt = torch.optim.SGD(
+        [param], lr=effective_lr(optim_cfg.lr, global_batch, optim_cfg.lr_scaling)
+    )
     return opt, build_scheduler(opt, optim_cfg, global_batch=global_batch, train_size=train_size)
 
 
@@ -42,7 +44,7 @@ def staircase(optim_cfg, n: int, train_size: int = TRAIN_SIZE) -> float:
 def test_staircase_decay_matches_formula(experiment: str, global_batch: int) -> None:
     optim = compose(overrides=[f"experiment={experiment}", "optim.warmup_images=0"]).optim
     images = [0, 1, 999, 1000, 1999, 2000, 7999, 8000, 8001, 16000, 50_000, 123_456]
-    eff = effective_lr(optim.lr, global_batch)
+    eff = effective_lr(optim.lr, global_batch, "linear")
     expected = [eff * staircase(optim, n) for n in images]
     assert lr_at(optim, global_batch, images) == pytest.approx(expected, rel=1e-12)
     assert eff == pytest.approx(global_batch / 32 * optim.lr)  # linear scaling from the paper's 32
@@ -57,7 +59,7 @@ def test_warmup_starts_at_the_papers_lr_whenever_the_lr_is_scaled(experiment: st
     for batch in GLOBAL_BATCHES:
         warm = warmup_images(optim, batch, IMAGENET_TRAIN)
         assert warm == (0 if batch == 32 else 5 * IMAGENET_TRAIN)  # 5 epochs (Goyal et al.)
-        eff = effective_lr(optim.lr, batch)
+        eff = effective_lr(optim.lr, batch, "linear")
         first, at_end, after = lr_at(optim, batch, [0, warm, warm + 10 * batch], IMAGENET_TRAIN)
         assert first == pytest.approx(optim.lr, rel=1e-12)  # the paper's own LR
         assert cfg.model.batch_norm or first < INCEPTION_DIVERGED_LR
@@ -84,7 +86,7 @@ def test_lr_curve_is_continuous_but_for_the_staircase(experiment: str, global_ba
         low = optim.decay_rate if decayed else 1.0
         assert low * (1 - 1e-12) <= ratio <= low * (1 + ramp_step + 1e-12), (k, images[k], ratio)
     end = -(-5 * IMAGENET_TRAIN // global_batch)  # the first step after the warmup: on the curve
-    eff = effective_lr(optim.lr, global_batch)
+    eff = effective_lr(optim.lr, global_batch, "linear")
     assert lrs[end] == pytest.approx(eff * staircase(optim, images[end], IMAGENET_TRAIN), rel=1e-12)
 
 
@@ -120,3 +122,20 @@ def test_every_fires_once_per_interval_crossed() -> None:
     assert fired == [120, 210, 300, 420, 510, 600, 720, 810, 900]
     resumed = Every(100, images_seen=300)  # a resumed run does not re-fire what it already did
     assert not resumed.due(330) and resumed.due(400)
+
+
+@pytest.mark.parametrize("experiment", ["inception", "bn_x30"])
+@pytest.mark.parametrize("global_batch", GLOBAL_BATCHES)
+def test_lr_scaling_none_keeps_optim_lr_at_any_global_batch(experiment, global_batch) -> None:
+    """optim.lr_scaling=none: every step takes the paper's batch-32 LR (then its decay), with no
+    warmup to ramp; sqrt scales by sqrt(B/32); linear by B/32 (the default)."""
+    cfg = compose(overrides=[f"experiment={experiment}", "data=imagenet", "optim.lr_scaling=none"])
+    optim = cfg.optim
+    assert warmup_images(optim, global_batch, IMAGENET_TRAIN) == 0
+    images = [0, global_batch, 3 * IMAGENET_TRAIN, 9 * IMAGENET_TRAIN + global_batch]
+    expected = [optim.lr * staircase(optim, n, IMAGENET_TRAIN) for n in images]
+    assert lr_at(optim, global_batch, images, IMAGENET_TRAIN) == pytest.approx(expected, rel=1e-12)
+    ratio = global_batch / 32
+    assert effective_lr(optim.lr, global_batch, "sqrt") == pytest.approx(optim.lr * ratio**0.5)
+    assert effective_lr(optim.lr, global_batch, "linear") == pytest.approx(optim.lr * ratio)
+    assert compose(overrides=[f"experiment={experiment}"]).optim.lr_scaling == "linear"

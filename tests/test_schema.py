@@ -59,7 +59,7 @@ def test_a_wrong_type_names_its_key(override, key):
         ("runtime.amp=fp17", "one of auto, none, bf16, fp16"),
         ("runtime.device=tpu", "one of auto, cpu, cuda"),
         ("data.decode=nvjpeg", "one of cpu, gpu, dali"),
-        ("data.shuffle=some", "one of full, shards"),
+        ("data.shuffle=some", "one of shards, within_shard, full"),
         ("model.activation=tanh", "one of relu, sigmoid"),
         ("logger.wandb.mode=maybe", "one of online, offline, disabled"),
         ("runtime.channels_last=yes", "one of auto or true or false"),

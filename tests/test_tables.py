@@ -14,6 +14,7 @@ from bnrepro.figures.tables import (
     paper_percent,
     paper_steps_text,
     percent,
+    with_interval,
 )
 
 
@@ -96,17 +97,18 @@ def test_figure3_markdown():
 
 
 ROWS = [
-    {"model": "member 0", "resolution": 224, "crops": 1, "models": 1, "top1_error": 0.2523,
-     "top5_error": 0.0781, "changes": "none"},
-    {"model": "ensemble", "resolution": 224, "crops": 144, "models": 6, "top1_error": 0.2,
-     "top5_error": 0.05},
+    {"model": "member 0", "data": "imagenet", "resolution": 224, "crops": 1, "models": 1,
+     "top1_error": 0.2523, "top5_error": 0.0781, "images": 50_000, "bn_stats": "population",
+     "changes": "none"},
+    {"model": "ensemble", "data": "imagenet", "resolution": 224, "crops": 144, "models": 6,
+     "top1_error": 0.2, "top5_error": 0.05, "images": 50_000, "bn_stats": "population"},
 ]  # fmt: skip
 
 FIGURE4_MD = """\
-| model | resolution | crops | models | top-1 error | top-5 error | paper top-1 | paper top-5 | changes |
-|---|---|---|---|---|---|---|---|---|
-| member 0 | 224 | 1 | 1 | 25.2% | 7.8% | 25.2% | 7.82% | none |
-| ensemble | 224 | 144 | 6 | 20.0% | 5.0% | 20.1% | 4.9% | - |
+| model | BN statistics | resolution | crops | models | top-1 error (95% CI) | top-5 error (95% CI) | paper top-1 | paper top-5 | changes |
+|---|---|---|---|---|---|---|---|---|---|
+| member 0 | population | 224 | 1 | 1 | 25.2% (24.9-25.6) | 7.8% (7.6-8.0) | 25.2% | 7.82% | none |
+| ensemble | population | 224 | 144 | 6 | 20.0% (19.7-20.4) | 5.0% (4.8-5.2) | 20.1% | 4.9% | - |
 """
 
 
@@ -114,29 +116,75 @@ def test_figure4_markdown_beside_the_papers_numbers():
     assert figure4_markdown(ROWS) == FIGURE4_MD
 
 
+def test_figure4_markdown_shows_the_papers_numbers_only_beside_imagenet():
+    """Issue 21: the paper's ImageNet errors were printed beside 10-class synthetic rows."""
+    synthetic = [dict(r, data="synthetic", images=500) for r in ROWS]
+    md = figure4_markdown(synthetic)
+    assert "paper" not in md and "25.2% (21.6-29.2)" in md
+
+
+COMPARISONS = [
+    {"a": "ensemble", "b": "member 0", "metric": "top1", "a_only": 31, "b_only": 12,
+     "p_value": 0.0046, "better": "A"},
+    {"a": "ensemble", "b": "member 0", "metric": "top5", "a_only": 3, "b_only": 5,
+     "p_value": 0.727, "better": "neither"},
+]  # fmt: skip
+
+
 def test_ensemble_results_md():
-    results = {"crops": 144, "images": 1000, "rows": ROWS, "selected_on_val": False,
+    results = {"crops": 144, "images": 1000, "rows": ROWS, "selected_on_val": False, "data": "imagenet",
                "members": [{"name": "m0", "checkpoint": "runs/a/last.pt", "images_seen": 4000}],
-               "git_sha": "abc123", "environment": "torch 2.5 cpu", "images_per_s": 12.345}  # fmt: skip
+               "comparisons": COMPARISONS, "git_sha": "abc123", "environment": "torch 2.5 cpu",
+               "images_per_s": 12.345}  # fmt: skip
     head = (
         "# Ensemble evaluation: 144 crops, 1000 images\n\n"
-        "Errors are fractions of the val set shown as %; the paper's are its Figure 4 (ImageNet,\n"
-        "50,000 images); rows without a paper number have no counterpart there.\n\n"
+        "Errors are fractions of the val set shown as %, with their 95% Wilson interval; the "
+        "paper's are its Figure 4 (ImageNet, 50,000 images); rows without a paper number have no "
+        "counterpart there.\n"
+        "BN statistics: `moving` = BN's moving averages, `population` = Algorithm 2's (section "
+        "3.1), the paper's inference.\n\n"
         f"{FIGURE4_MD}\n"
+    )
+    paired = (
+        "Paired tests on the same images (A better / B better only where the test says so):\n\n"
+        "| A | B | metric | only A right | only B right | p (McNemar, exact) | at 5% |\n"
+        "|---|---|---|---|---|---|---|\n"
+        "| ensemble | member 0 | top1 | 31 | 12 | 0.0046 | A better |\n"
+        "| ensemble | member 0 | top5 | 3 | 5 | 0.727 | no significant difference |\n\n"
     )
     tail = (
         "Members:\n\n- m0: `runs/a/last.pt` (4000 images)\n\n"
         "git abc123, torch 2.5 cpu, 12.35 images/s\n"
     )
-    assert ensemble_markdown(results) == head + tail
+    assert ensemble_markdown(results) == head + paired + tail
     note = (
         "**Members selected on this val set**: best.pt is each run's checkpoint with the best val\n"
         "top-1 during training, picked on the same images these errors are measured on, so the\n"
         "errors are optimistic; the paper does not describe such a selection (member_checkpoint=last\n"
         "evaluates the end of training).\n\n"
     )
-    assert ensemble_markdown(dict(results, selected_on_val=True)) == head + note + tail
+    assert ensemble_markdown(dict(results, selected_on_val=True)) == head + note + paired + tail
     assert "\n".join(SELECTED_ON_VAL) + "\n" == note
+
+
+def test_every_accuracy_these_tables_print_has_its_interval():
+    """Issue 21: each of our errors in the Figure 4 and ensemble tables comes with its 95%
+    interval (the paper's own numbers, printed as the paper prints them, aside)."""
+    import re
+
+    rows = ROWS + [dict(r, data="synthetic", images=500, model=f"{r['model']} (synthetic)")
+                   for r in ROWS]  # fmt: skip
+    results = {"crops": 144, "images": 500, "rows": rows, "selected_on_val": False,
+               "data": "imagenet", "members": [], "comparisons": COMPARISONS, "git_sha": "x",
+               "environment": "y", "images_per_s": 1.0}  # fmt: skip
+    for md in (figure4_markdown(rows), ensemble_markdown(results)):
+        for line in md.splitlines():
+            cells = line.strip("|").split("|")
+            if len(cells) < 8 or cells[0].strip() not in {r["model"] for r in rows}:
+                continue  # not a Figure 4 row: a header, a paired test (no accuracies)
+            ours = cells[5:7]  # the two error columns; the paper's follow
+            assert all(re.fullmatch(r" \d+\.\d% \(\d+\.\d-\d+\.\d\) ", c) for c in ours), line
+    assert with_interval(0.252, 500) == "25.2% (21.6-29.2)"
 
 
 def test_tables_import_neither_torch_timm_nor_hydra():

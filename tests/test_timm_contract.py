@@ -441,3 +441,40 @@ def test_pretrained_from_a_file_evaluates_at_its_own_resolution(tmp_path):
     assert transform(Image.new("RGB", (80, 60))).shape == (3, 32, 32)
     asked = timm.data.resolve_data_config({"input_size": (3, 64, 64)}, model=model)
     assert asked["input_size"] == (3, 64, 64)  # --img-size 64 wins
+
+
+PER_ACTIVATION = dict(width_mult=0.25, per_activation_bn=2, img_size=96)  # 5a, 5b at 3 x 3
+
+
+def test_per_activation_bn_keeps_the_contract():
+    """The members' per-activation BN (model.per_activation_bn) under timm's checks: forward
+    and backward, FX (its shape check is a leaf: timm's notrace registry), features_only,
+    forward_intermediates, grad checkpointing."""
+    model = timm.create_model(NAME, num_classes=42, **PER_ACTIVATION).train()
+    fx = _fx_model(model)
+    out = _only(fx(torch.randn(2, 3, 96, 96)))
+    out.mean().backward()
+    assert out.shape == (2, 42) and not out.isnan().any()
+    assert_every_parameter_has_a_gradient(fx)
+    model.eval()
+    x = torch.randn(1, 3, 96, 96)
+    with torch.inference_mode():
+        assert torch.equal(_only(_fx_model(model)(x)), model(x))
+        features = timm.create_model(NAME, features_only=True, **PER_ACTIVATION).eval()(x)
+        assert [f.shape[-1] for f in features] == [48, 24, 12, 6, 3]
+        final, levels = model.forward_intermediates(x)
+        assert final.shape == (1, 256, 3, 3) and len(levels) == 5
+    model.set_grad_checkpointing()
+    model.train()(torch.randn(2, 3, 96, 96)).mean().backward()
+
+
+@pytest.mark.slow
+def test_per_activation_bn_scripts_with_and_without_fx():
+    with timm.set_scriptable(True):
+        model = timm.create_model(NAME, **PER_ACTIVATION).eval()
+    x = torch.randn(1, 3, 96, 96)
+    with torch.inference_mode():
+        expected = model(x)
+        torch.testing.assert_close(torch.jit.script(model)(x), expected, rtol=1e-4, atol=1e-5)
+        scripted = torch.jit.script(_fx_model(model))
+        torch.testing.assert_close(_only(scripted(x)), expected, rtol=1e-4, atol=1e-5)

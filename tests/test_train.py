@@ -46,7 +46,9 @@ def test_every_experiment_trains_and_fits_a_fixed_batch(experiment, tiny_overrid
     dat = builders.build_data(cfg, rank=0, world_size=1)
     runtime = engine.build_runtime(cfg.runtime, cfg.data, torch.device("cpu"))
     model = builders.build_model(cfg, dat.classes)
-    optimizer = builders.build_optimizer(model, cfg.optim, effective_lr(cfg.optim.lr, 16))
+    optimizer = builders.build_optimizer(
+        model, cfg.optim, effective_lr(cfg.optim.lr, 16, cfg.optim.lr_scaling)
+    )
     batch = next(iter(dat.train_loader))
 
     def loss() -> float:  # train mode (BN on batch statistics), the same dropout mask each time

@@ -66,4 +66,31 @@ def test_run_with_population_statistics_and_monitor(tiny_overrides, tmp_path, ca
     bn_stats_main([str(ckpt), "--batches", "2", "--out", str(tmp_path / "pop.pt")])
     out = capsys.readouterr().out
     assert "moving averages:" in out and "population stats:" in out
+    assert out.count("(95% CI ") == 4  # top-1 and top-5, before and after
     assert (tmp_path / "pop.pt").is_file()
+
+
+def test_a_default_run_reports_population_statistics_with_intervals(tiny_overrides, capsys):
+    """trainer.pop_stats_batches=auto (the default): the final evaluation of a BN network also
+    uses Algorithm 2 (one epoch of the tiny tree: 10 batches of 16, fewer than 100), beside the
+    moving averages; every accuracy of the summary and the eval line has its 95% interval."""
+    from bnrepro.stats import fraction_interval
+
+    cfg = compose("train", tiny_overrides)
+    assert cfg.trainer.pop_stats_batches == "auto"
+    summary = T.train(cfg)
+    n = summary["val/images"]
+    for key in ("val/top1", "val/top5", "val_popstats/top1", "val_popstats/top5"):
+        assert 0 <= summary[key] <= 1
+        assert summary[f"{key}_ci95"] == pytest.approx(list(fraction_interval(summary[key], n)))
+    assert summary["best/val/top1_ci95"] == pytest.approx(
+        list(fraction_interval(summary["best/val/top1"], n))
+    )
+    out = capsys.readouterr().out
+    assert "Algorithm 2 at the end: 10 batches" in out
+    popstats = f"val (population BN) top-1 {100 * summary['val_popstats/top1']:.2f}% ("
+    assert popstats in out.splitlines()[-2]  # the final eval line, before "done at ..."
+    # Inception has no BN: auto means none, where an explicit count is refused (test_train.py)
+    inception = T.train(compose("train", [*tiny_overrides, "experiment=inception",
+                                          "trainer.max_images=16"]))  # fmt: skip
+    assert "val_popstats/top1" not in inception and "val/top1_ci95" in inception

@@ -329,7 +329,7 @@ def test_bnrepro_ensemble_evaluates_the_converted_file(
     cfg = compose("ensemble", [
         f"checkpoints={converted}", "crops=1", "data=imagenet", f"data.root={imagenet_1000}",
         "data.num_workers=0", "save_probs=true", f"out_dir={tmp_path}", "runtime.device=cpu",
-        "runtime.progress=false",
+        "runtime.progress=false", "pop_stats_batches=0",  # the port's own BN statistics
     ])  # fmt: skip
     results = ensemble.evaluate_ensemble(cfg, tmp_path / "run")
     assert results["images"] == 2 and len(results["rows"]) == 1

@@ -4,7 +4,7 @@ layouts     where the files are (three ImageNet layouts) -> Split
 transforms  decoding and the paper's augmentation (docs/paper.md section 3)
 datasets    ImageFiles / ArrayImages / WholeImages, skipping unreadable files; build_datasets;
             TrainBatch (a training batch: images, labels, colour parameters)
-sampler     the training order (full or shard shuffling), per rank, resumable
+sampler     the training order (shards, within_shard or full), per rank, resumable
 encoded     what the device decoders share: workers that read bytes and draw crops, the batch
 gpu_decode  data.decode=gpu: batched JPEG decoding and augmentation on the GPU
 dali        data.decode=dali: NVIDIA DALI decodes the crops our code chose (the `dali` extra)

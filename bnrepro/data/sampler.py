@@ -2,22 +2,29 @@
 
 Each epoch has one global order of the whole training set, a function of (seed, epoch, shuffle,
 shard_size) only: never of the number of ranks, the batch size or the worker count.
-- data.shuffle=full (the paper's 4.2.1, "shuffle training examples more thoroughly"; docs/paper.md
-  section 3): a new permutation of the whole set every epoch.
 - data.shuffle=shards [ours]: the less thorough pipeline of Inception and BN-Baseline. One fixed
   random order, decided once from the seed, cut into shards of data.shard_size; each epoch visits
   the full shards in a new random order, the order inside a shard never changes, and the partial
   shard (size % shard_size images) comes last. With data.batch_size dividing data.shard_size,
   every batch is then the same fixed group of images in every epoch, on any number of ranks: the
-  same examples "always appearing in a mini-batch together" that within-shard shuffling prevents.
+  same examples "always appearing in a mini-batch together".
+- data.shuffle=within_shard: the paper's section 4.2.1 change for BN-x5 and later ("We enabled
+  within-shard shuffling of the training data, which prevents the same examples from always
+  appearing in a mini-batch together"; docs/paper.md section 8). The same fixed shards, visited
+  in a new order each epoch as under shards, and each shard's own order drawn anew every epoch:
+  an image stays in its shard, but the images it shares a batch with change from epoch to epoch.
+- data.shuffle=full [ours]: a new permutation of the whole set every epoch (more thorough than
+  the paper's change: a shard no longer exists).
 
 The order is consumed in global micro-batches of world_size x batch_size consecutive positions;
 rank r takes positions [r x batch_size, (r + 1) x batch_size) of each. After k micro-batches the
 images used so far in the epoch are exactly the first k x world_size x batch_size of its order,
 whatever the world size, so the data position is one global number (`images_in_epoch`) and a run
 may resume on another number of ranks or another batch size without skipping or repeating an
-image. The tail of an epoch shorter than one global micro-batch is dropped (every rank gets the
-same number of batches).
+image: under within_shard too, since an epoch's order (each shard's own included) is drawn from
+(seed, epoch) alone. Only shards' fixed groups ask more: a position that is a multiple of
+data.batch_size. The tail of an epoch shorter than one global micro-batch is dropped (every rank
+gets the same number of batches).
 """
 
 from __future__ import annotations
@@ -61,14 +68,16 @@ class EpochSampler(Sampler):
                 "0 <= RANK < WORLD_SIZE"
             )
         # data.shuffle is checked by the config schema (bnrepro/schema.py): another value is a
-        # KeyError here, never silently one of the two.
-        self.by_shards = {"full": False, "shards": True}[shuffle]
+        # KeyError here, never silently one of the three.
+        self.by_shards, self.fixed_groups = {
+            "full": (False, False), "within_shard": (True, False), "shards": (True, True)
+        }[shuffle]  # fmt: skip
         if size < batch_size * world_size:
             raise ConfigError(
                 f"{size} training images give {size // world_size} per rank over {world_size} "
                 f"ranks, fewer than one batch (data.batch_size={batch_size}): lower the batch size"
             )
-        if self.by_shards and shard_size % batch_size:
+        if self.fixed_groups and shard_size % batch_size:
             raise ConfigError(
                 f"data.shuffle=shards keeps each batch a fixed group of one shard, so "
                 f"data.shard_size={shard_size} must be a multiple of data.batch_size={batch_size}: "
@@ -94,7 +103,7 @@ class EpochSampler(Sampler):
                 f"the checkpoint stopped {start_image} images into epoch {epoch}, past this "
                 f"training set's {self.size} images: resume on the data it was trained on"
             )
-        if self.by_shards and start_image % self.batch_size:
+        if self.fixed_groups and start_image % self.batch_size:
             raise DataPositionError(
                 f"the checkpoint stopped {start_image} images into epoch {epoch}, not a multiple "
                 f"of data.batch_size={self.batch_size}: under data.shuffle=shards the rest of the "
@@ -112,7 +121,10 @@ class EpochSampler(Sampler):
         full_shards = self.size // self.shard_size
         shards = fixed[: full_shards * self.shard_size].reshape(full_shards, self.shard_size)
         partial = fixed[full_shards * self.shard_size :]  # last: keeps every full shard aligned
-        return np.concatenate([shards[rng.permutation(full_shards)].ravel(), partial])
+        shards = shards[rng.permutation(full_shards)]
+        if not self.fixed_groups:  # within_shard: each shard's own order, new every epoch
+            shards, partial = rng.permuted(shards, axis=1), rng.permutation(partial)
+        return np.concatenate([shards.ravel(), partial])
 
     def _batches_left(self) -> int:
         return (self.size - self.start) // self.images_per_batch

@@ -9,7 +9,9 @@ accumulates exactly these cumulative averages (of the unbiased batch variance).
     bnrepro-bn-stats CKPT data.root=/datasets/imagenet data.batch_size=64   # data overrides
     bnrepro-bn-stats CKPT runtime.device=cpu
 
-Training runs it with trainer.pop_stats_batches=N before the final eval (val_popstats/top1).
+Training runs it before the final evaluation (val_popstats/*, beside the moving averages' val/*):
+trainer.pop_stats_batches=auto (the default: 100 batches, at most an epoch, where there is BN; the
+number and why: config.POP_STATS_BATCHES) or N.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from bnrepro import builders, checkpoint, distributed, engine
-from bnrepro.config import CONFIG_DIR
+from bnrepro.config import CONFIG_DIR, POP_STATS_BATCHES
 from bnrepro.errors import ConfigError
 from bnrepro.schema import BnStatsSchema, check
+from bnrepro.stats import fraction_interval
 
 
 @torch.no_grad()
@@ -143,12 +146,19 @@ def checkpoint_config(loaded: checkpoint.Loaded, overrides: list[str]) -> DictCo
     return cfg
 
 
+def _interval(accuracy: float, metrics: dict) -> str:
+    low, high = fraction_interval(accuracy, metrics["val/images"])
+    return f"95% CI {low:.4f}-{high:.4f}"
+
+
 def main(argv: list[str] | None = None) -> None:
-    """bnrepro-bn-stats: Algorithm 2 on a checkpoint; prints val top-1/top-5 before and after."""
+    """bnrepro-bn-stats: Algorithm 2 on a checkpoint; prints val top-1/top-5 before and after,
+    each with its 95% Wilson interval."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="a bnrepro checkpoint (ckpt_*.pt or best.pt)")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data.root=/x")
-    parser.add_argument("--batches", type=int, default=100, help="training batches to average")
+    parser.add_argument("--batches", type=int, default=POP_STATS_BATCHES,
+                        help="training batches to average")  # fmt: skip
     parser.add_argument("--out", help="write a checkpoint with the population statistics here")
     args = parser.parse_args(argv)
     if args.batches < 1:
@@ -171,8 +181,10 @@ def main(argv: list[str] | None = None) -> None:
     before = engine.evaluate(model, data.val_loader, runtime)
     population = population_model(model, data.train_loader, runtime, args.batches)
     after = engine.evaluate(population, data.val_loader, runtime)
-    print(f"moving averages:  top1 {before['val/top1']:.4f}  top5 {before['val/top5']:.4f}")
-    print(f"population stats: top1 {after['val/top1']:.4f}  top5 {after['val/top5']:.4f}")
+    for name, metrics in (("moving averages: ", before), ("population stats:", after)):
+        scores = [f"{k} {metrics[f'val/{k}']:.4f} ({_interval(metrics[f'val/{k}'], metrics)})"
+                  for k in ("top1", "top5")]  # fmt: skip
+        print(f"{name} {'  '.join(scores)}  of {metrics['val/images']} val images")
     if args.out:
         ckpt = checkpoint.load(args.checkpoint)
         ckpt["model"] = {k: v.cpu() for k, v in population.state_dict().items()}

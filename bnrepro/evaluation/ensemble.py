@@ -11,8 +11,13 @@ the ensemble's is the arithmetic mean of the members' predictions.
 A run folder gives its last checkpoint (member_checkpoint=last, the default) or its best.pt
 (member_checkpoint=best: picked on the val set that is then reported, which the results say).
 Every member is checked (exists, loads, a timm architecture, finite weights, the same class list
-as the others and as the val set) before any image is read. With pop_stats_batches, Algorithm 2 runs on each
-member's own training pipeline (its checkpoint's data config: colour strength, batch size, ...).
+as the others and as the val set, one training resolution) before any image is read. Each member
+is scored at the resolution it trained at (its checkpoint's data.eval_crop; `resolution=N`
+scores every member at N instead) and, as the paper's inference does, also with Algorithm 2's
+population statistics (pop_stats_batches=auto: 100 batches, at most an epoch, of each member's
+own training pipeline: its checkpoint's data config, colour strength, batch size, ...), beside
+the moving averages. Every error has its 95% Wilson interval; the ensemble is tested against
+each member, and population against moving statistics, on the same images (McNemar, exact).
 Each image is decoded once; its crops are cut from the decoded tensor on the device
 (bnrepro/evaluation/crops.py); the crops of several images go through each member as one
 batch, and all members see a batch before the next is loaded. Each member's crops are
@@ -34,9 +39,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from tqdm import tqdm
 
 from bnrepro import checkpoint, distributed, engine, tracking
+from bnrepro.config import pop_stats_batches
 from bnrepro.console import bars_enabled
 from bnrepro.data import WholeImages, build_datasets, build_train_loader, whole_image_loader
 from bnrepro.errors import UserError
@@ -45,6 +52,7 @@ from bnrepro.evaluation.crops import cut_crops
 from bnrepro.figures.tables import ensemble_markdown
 from bnrepro.metrics import topk_correct
 from bnrepro.provenance import environment, file_sha256
+from bnrepro.stats import mcnemar, wilson
 
 
 class EnsembleError(UserError):
@@ -80,10 +88,19 @@ class Member:
         """best.pt: the checkpoint with the best val top-1 during training."""
         return checkpoint.is_best(self.path)
 
+    @property
+    def has_bn(self) -> bool:
+        return any(isinstance(m, _BatchNorm) for m in self.model.modules())
+
+    @property
+    def resolution(self) -> int | None:
+        """The crop side it was evaluated at in training (its checkpoint's data.eval_crop)."""
+        return (self.config.get("data") or {}).get("eval_crop")
+
     def changes(self) -> dict:
         """The ensemble changes this member trained with (section 4.2.3), and its table row."""
         model = self.config.get("model") or {}
-        keys = ("init_gain", "dropout", "head_bn")
+        keys = ("init_gain", "dropout", "head_bn", "per_activation_bn")
         return {"member": self.config.get("member"), **{k: model.get(k) for k in keys}}
 
 
@@ -136,18 +153,64 @@ def check_members(members: list[Member], classes: list[str], in_chans: int) -> N
             )
 
 
+def evaluation_resolution(members: list[Member], resolution: int | None) -> int:
+    """The crop side every member is evaluated at: `resolution` when set (the command line's),
+    else the members' own (their checkpoints' data.eval_crop), which must then agree. A member
+    with per-activation BN only takes the side it was built for."""
+    if resolution is None:
+        sides = {m.name: m.resolution for m in members}
+        unknown = [name for name, side in sides.items() if side is None]
+        if unknown:
+            raise EnsembleError(
+                f"{', '.join(unknown)} record no training resolution (their checkpoint has no "
+                "data.eval_crop): set resolution=N, the crop side to evaluate at"
+            )
+        if len(set(sides.values())) > 1:
+            listed = ", ".join(f"{name}: {side} px" for name, side in sides.items())
+            raise EnsembleError(
+                f"the members were trained at different resolutions ({listed}): an ensemble "
+                "evaluates one crop size; set resolution=N to score them all at N px"
+            )
+        resolution = next(iter(sides.values()))
+    for m in members:
+        kwargs = m.checkpoint.arch["kwargs"]
+        if kwargs.get("per_activation_bn") and kwargs.get("img_size") != resolution:
+            raise EnsembleError(
+                f"{m.path} has per-activation BN built for {kwargs.get('img_size')} px inputs, "
+                f"not {resolution}: set resolution={kwargs.get('img_size')} or leave it unset"
+            )
+    return resolution
+
+
+def check_pop_stats(members: list[Member], value: int | str) -> None:
+    """An explicit number of Algorithm 2 batches needs BN in every member (auto skips those
+    without)."""
+    lacking = [m.name for m in members if not m.has_bn]
+    if value != "auto" and value and lacking:
+        raise EnsembleError(
+            f"pop_stats_batches={value}, but {', '.join(lacking)} have no BN layer "
+            "(Algorithm 2 applies to BN): set pop_stats_batches=auto (where there is BN) or 0"
+        )
+
+
 # ---- evaluation --------------------------------------------------------------------------
 
 
 @dataclass
 class Evaluation:
-    """Counts of correct top-1/top-5 per model set: [set, member or ensemble (last), k]."""
+    """Whether each model got each image right, top-1 and top-5: hits [set, member or ensemble
+    (last), image, k] (booleans, what the paired tests need); correct = their counts."""
 
-    correct: torch.Tensor
+    hits: torch.Tensor
     images: int
     skipped: int  # unreadable files left out
     probs: list[np.ndarray] | None  # per set: [members, images, classes], with save_probs
     labels: np.ndarray | None
+
+    @property
+    def correct(self) -> torch.Tensor:
+        """[set, member or ensemble, k]: images right."""
+        return self.hits.sum(2)
 
 
 @torch.no_grad()
@@ -173,9 +236,8 @@ def evaluate_crops(
     """
     n_sets, n_members = len(model_sets), len(model_sets[0])
     member_runtimes = member_runtimes or [runtime] * n_members
-    # counts stay on the device: no host sync per batch (only save_probs copies to the host)
-    correct = torch.zeros(n_sets, n_members + 1, 2, dtype=torch.long, device=runtime.device)
-    kept, labels_kept, seen, skipped = [], [], 0, 0
+    # hits stay on the device: no host sync per batch (only save_probs copies to the host)
+    hits_kept, kept, labels_kept, seen, skipped = [], [], [], 0, 0
     bar = tqdm(total=total, unit="img", disable=not progress, dynamic_ncols=True)
     for images, labels, unreadable in batches:
         skipped += unreadable
@@ -199,8 +261,7 @@ def evaluate_crops(
         p = torch.stack([torch.stack(ps) for ps in probs])  # [sets, members, images, classes]
         p = torch.cat([p, p.mean(1, keepdim=True)], dim=1)  # the ensembles last
         hits = topk_correct(p.flatten(0, 2), labels.repeat(n_sets * (n_members + 1)), (1, 5))
-        for i, k in enumerate((1, 5)):
-            correct[..., i] += hits[k].view(n_sets, n_members + 1, -1).sum(-1)
+        hits_kept.append(torch.stack([hits[k].view(n_sets, n_members + 1, -1) for k in (1, 5)], -1))
         if save_probs:
             kept.append(p[:, :-1].cpu())
             labels_kept.append(labels.cpu())
@@ -210,7 +271,7 @@ def evaluate_crops(
         raise EnsembleError("the val set gave no image")
     probs_np = list(torch.cat(kept, dim=2).numpy()) if save_probs else None
     labels_np = torch.cat(labels_kept).numpy() if save_probs else None
-    return Evaluation(correct.cpu(), seen, skipped, probs_np, labels_np)
+    return Evaluation(torch.cat(hits_kept, dim=2).bool().cpu(), seen, skipped, probs_np, labels_np)
 
 
 # ---- the app -----------------------------------------------------------------------------
@@ -238,12 +299,20 @@ def member_runtimes(members: list[Member], runtime: engine.Runtime) -> list[engi
 
 def _pop_stats_models(
     members: list[Member], cfg: DictConfig, runtimes: list[engine.Runtime]
-) -> list:
-    """Copies of the members with Algorithm 2's population statistics, each over
-    pop_stats_batches batches of its own training pipeline (as bnrepro-bn-stats does), normalised
-    as the member takes its inputs; members that share a pipeline see the same batches."""
-    loaders, models = {}, []
+) -> tuple[list[nn.Module], list[int]] | None:
+    """Copies of the members with Algorithm 2's population statistics, each over its
+    pop_stats_batches (auto: config.pop_stats_batches) batches of its own training pipeline (as
+    bnrepro-bn-stats does), normalised as the member takes its inputs; members that share a
+    pipeline see the same batches. A member without BN (under auto) is itself. Returns the
+    models and each one's number of batches, or None when no member gets Algorithm 2."""
+    if cfg.pop_stats_batches == 0:
+        return None
+    loaders, models, counts = {}, [], []
     for m, runtime in zip(members, runtimes, strict=True):
+        if not m.has_bn:
+            models.append(m.model)
+            counts.append(0)
+            continue
         data_cfg = training_pipeline(m.config, cfg.data)
         key = OmegaConf.to_yaml(data_cfg)
         if key not in loaders:
@@ -251,12 +320,17 @@ def _pop_stats_models(
             loaders[key] = build_train_loader(
                 data_cfg, train_ds, seed=cfg.seed, rank=0, world_size=1
             )
-        models.append(population_model(m.model, loaders[key], runtime, cfg.pop_stats_batches))
-    return models
+        batches = pop_stats_batches(
+            cfg.pop_stats_batches, True, loaders[key].sampler.batches_per_epoch
+        )
+        models.append(population_model(m.model, loaders[key], runtime, batches))
+        counts.append(batches)
+    return (models, counts) if any(counts) else None
 
 
 def describe_changes(changes: dict) -> str:
-    """A member's section 4.2.3 changes in words, e.g. "member 1: init x1.5, dropout 10%, head BN"."""
+    """A member's section 4.2.3 changes in words, e.g. "member 1: init x1.5, dropout 10%, head BN"
+    or "... per-activation BN in the last 2 modules"."""
     parts = []
     if changes.get("init_gain") not in (None, 1, 1.0):
         parts.append(f"init x{changes['init_gain']:g}")
@@ -264,35 +338,73 @@ def describe_changes(changes: dict) -> str:
         parts.append(f"dropout {100 * changes['dropout']:g}%")
     if changes.get("head_bn"):
         parts.append("head BN")
+    if changes.get("per_activation_bn"):
+        parts.append(f"per-activation BN in the last {changes['per_activation_bn']} modules")
     words = ", ".join(parts) or "none"
     return words if changes.get("member") is None else f"member {changes['member']}: {words}"
 
 
-def _rows(members: list[Member], ev: Evaluation, cfg: DictConfig, set_names: list[str]) -> list:
-    """The Figure 4 rows: every member alone, then the ensemble (fractions in [0, 1])."""
+def _names(members: list[Member], bn_stats: str) -> list[str]:
+    """The row names of one model set: the members, then the ensemble."""
+    suffix = "" if bn_stats == "moving" else " (population BN)"
+    return [m.name + suffix for m in members] + [f"ensemble of {len(members)}{suffix}"]
+
+
+def _rows(
+    members: list[Member], ev: Evaluation, cfg: DictConfig, resolution: int, set_names: list[str]
+) -> list:
+    """The Figure 4 rows: every member alone, then the ensemble (fractions in [0, 1], with their
+    95% Wilson intervals); `bn_stats` says which statistics a row's BN layers used ("none" for a
+    member without BN)."""
     rows = []
     for s, bn_stats in enumerate(set_names):
-        suffix = "" if bn_stats == "moving" else " (population BN)"
-        names = [m.name for m in members] + [f"ensemble of {len(members)}"]
         changes = [describe_changes(m.changes()) for m in members] + ["-"]
-        for i, name in enumerate(names):
+        for i, name in enumerate(_names(members, bn_stats)):
             if i == len(members) and len(members) == 1:
                 continue  # an ensemble of one is its member
             top1, top5 = ev.correct[s, i].tolist()  # counts: exact fractions below
+            has_bn = any(m.has_bn for m in members) if i == len(members) else members[i].has_bn
             rows.append(
                 {
-                    "model": name + suffix,
-                    "resolution": cfg.resolution,
+                    "model": name,
+                    "data": cfg.data.name,
+                    "resolution": resolution,
                     "crops": cfg.crops,
                     "models": len(members) if i == len(members) else 1,
                     "top1_error": 1 - top1 / ev.images,
                     "top5_error": 1 - top5 / ev.images,
-                    "bn_stats": bn_stats,
+                    "top1_error_ci95": list(wilson(ev.images - top1, ev.images)),
+                    "top5_error_ci95": list(wilson(ev.images - top5, ev.images)),
+                    "bn_stats": bn_stats if has_bn else "none",
                     "images": ev.images,
                     "changes": changes[i],
                 }
             )
     return rows
+
+
+def _comparisons(members: list[Member], ev: Evaluation, set_names: list[str]) -> list[dict]:
+    """Paired tests on the same images (McNemar, exact): the ensemble against each member, per
+    BN-statistics set, and with Algorithm 2 each model's population against its moving
+    statistics; top-1 and top-5. `better`: A, B, or neither (no difference at 5%)."""
+    if len(members) < 2 and len(set_names) < 2:
+        return []
+    pairs = []  # (a: (set, index), b: (set, index))
+    n = len(members)
+    for s in range(len(set_names)):
+        pairs += [((s, n), (s, i)) for i in range(n)] if n > 1 else []
+    if len(set_names) > 1:
+        pairs += [((1, i), (0, i)) for i in range(n + (n > 1))]
+    names = [_names(members, bn_stats) for bn_stats in set_names]
+    out = []
+    for (sa, a), (sb, b) in pairs:
+        for k, metric in enumerate(("top1", "top5")):
+            test = mcnemar(ev.hits[sa, a, :, k].tolist(), ev.hits[sb, b, :, k].tolist())
+            out.append({
+                "a": names[sa][a], "b": names[sb][b], "metric": metric, "a_only": test.a_only,
+                "b_only": test.b_only, "p_value": test.p_value, "better": test.beats(),
+            })  # fmt: skip
+    return out
 
 
 def evaluate_ensemble(cfg: DictConfig, run_dir: str | Path) -> dict:
@@ -323,11 +435,17 @@ def _evaluate_into(cfg: DictConfig, run_dir: Path) -> dict:
     members = load_members(specs if isinstance(specs, str) else list(specs), cfg.member_checkpoint)
     _, val_ds, classes = build_datasets(cfg.data)
     check_members(members, list(classes), cfg.data.in_chans)
+    resolution = evaluation_resolution(members, cfg.resolution)
+    check_pop_stats(members, cfg.pop_stats_batches)
     images = WholeImages(val_ds, cfg.max_images)
     if len(images) == 0:
         raise EnsembleError(f"the val set under {cfg.data.root} is empty: check data.root")
     print(f"{len(members)} member(s): " + ", ".join(str(m.path) for m in members))
-    print(f"{len(images)} images x {cfg.crops} crops at {cfg.resolution} px on {device}")
+    where = "the members' own" if cfg.resolution is None else f"resolution={cfg.resolution}"
+    print(f"{len(images)} images x {cfg.crops} crops at {resolution} px ({where}) on {device}")
+    for m in members:
+        if m.checkpoint.normalization is None:  # loudly: the command's mean/std stand in
+            print(f"{m.name}: its checkpoint records no input mean/std: using data.mean/std")
 
     for m in members:
         m.model.to(device)
@@ -335,8 +453,9 @@ def _evaluate_into(cfg: DictConfig, run_dir: Path) -> dict:
             m.model.to(memory_format=torch.channels_last)
     runtimes = member_runtimes(members, runtime)
     model_sets, set_names = [[m.model for m in members]], ["moving"]
-    if cfg.pop_stats_batches:
-        model_sets.append(_pop_stats_models(members, cfg, runtimes))
+    population = _pop_stats_models(members, cfg, runtimes)
+    if population is not None:
+        model_sets.append(population[0])
         set_names.append("population")
     if runtime.compile:
         model_sets = [[torch.compile(model) for model in models] for models in model_sets]
@@ -347,24 +466,32 @@ def _evaluate_into(cfg: DictConfig, run_dir: Path) -> dict:
         model_sets,
         loader,
         n_crops=cfg.crops,
-        resolution=cfg.resolution,
+        resolution=resolution,
         runtime=runtime,
         member_runtimes=runtimes,
         save_probs=cfg.save_probs,
         progress=bars_enabled(cfg.runtime.progress, is_main=True),  # a terminal only
         total=len(images),
     )
+    seconds = time.time() - start
+    batches = population[1] if population else [0] * len(members)
     results = {
-        "rows": _rows(members, ev, cfg, set_names),
-        "members": [_member_record(m, rt, cfg) for m, rt in zip(members, runtimes, strict=True)],
+        "rows": _rows(members, ev, cfg, resolution, set_names),
+        "comparisons": _comparisons(members, ev, set_names),
+        "members": [
+            _member_record(m, rt, cfg, n)
+            for m, rt, n in zip(members, runtimes, batches, strict=True)
+        ],
         "member_checkpoint": cfg.member_checkpoint,
         "selected_on_val": any(m.selected_on_val for m in members),
+        "data": cfg.data.name,
         "crops": cfg.crops,
-        "resolution": cfg.resolution,
+        "resolution": resolution,
+        "resolution_from": "members" if cfg.resolution is None else "resolution",
         "images": ev.images,
         "skipped_files": ev.skipped,
         "classes": len(classes),
-        "images_per_s": ev.images / (time.time() - start),
+        "images_per_s": ev.images / seconds,
         "config": OmegaConf.to_container(cfg, resolve=True),
         "git_sha": (env := environment(device))["git_sha"],
         "environment": env,
@@ -375,9 +502,10 @@ def _evaluate_into(cfg: DictConfig, run_dir: Path) -> dict:
     return results
 
 
-def _member_record(m: Member, runtime: engine.Runtime, cfg: DictConfig) -> dict:
+def _member_record(m: Member, runtime: engine.Runtime, cfg: DictConfig, batches: int) -> dict:
     """What results.json says of a member: which file exactly (its sha256), its training run and
-    changes, the normalisation its crops got, and Algorithm 2's data."""
+    changes, the resolution it trained at, the normalisation its crops got, and Algorithm 2's
+    batches and data (0: moving averages only; a member without BN)."""
     record = {
         "checkpoint": str(m.path),
         "name": m.name,
@@ -388,10 +516,12 @@ def _member_record(m: Member, runtime: engine.Runtime, cfg: DictConfig) -> dict:
         "sha256": m.sha256,  # exactly which file was evaluated
         "wandb_run_id": m.checkpoint.wandb_run_id,
         "artifact": tracking.member_artifact_name(m.checkpoint.wandb_run_id, m.name),
+        "trained_resolution": m.resolution,
         "input_mean": [v / 255 for v in runtime.mean.flatten().tolist()],  # data-config units
         "input_std": [v / 255 for v in runtime.std.flatten().tolist()],
+        "pop_stats_batches": batches,
     }
-    if cfg.pop_stats_batches:
+    if batches:
         record["pop_stats_data"] = OmegaConf.to_container(training_pipeline(m.config, cfg.data))
     return record
 
@@ -404,7 +534,7 @@ def _write(
     results: dict, ev: Evaluation, members: list[Member], classes, run_dir: Path, copy_to
 ) -> None:
     """results.json, results.md (bnrepro/figures/tables.py) and, with save_probs, probs.npz;
-    with results_dir, a copy of the first two there."""
+    with results_dir, a copy of them there."""
     run_dir.mkdir(parents=True, exist_ok=True)
     files = [run_dir / "results.json", run_dir / "results.md"]
     files[0].write_text(json.dumps(results, indent=2) + "\n")
@@ -413,8 +543,9 @@ def _write(
         arrays = {"probs": ev.probs[0], "labels": ev.labels}
         if len(ev.probs) > 1:
             arrays["probs_population"] = ev.probs[1]
+        files.append(run_dir / "probs.npz")
         np.savez_compressed(
-            run_dir / "probs.npz",
+            files[-1],
             members=np.array([m.name for m in members]),
             classes=np.array(list(classes)),
             **arrays,

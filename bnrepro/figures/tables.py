@@ -1,10 +1,11 @@
 """Every markdown table and number format of the results: Figure 3, Figure 4, results.md.
 
-A leaf module (the standard library and bnrepro.paper only), so that bnrepro-report, bnrepro-plan
-and bnrepro-ensemble write the same numbers the same way without pulling torch, timm or Hydra
-into a plotting command.
+A leaf module (the standard library, bnrepro.paper and bnrepro.stats only), so that
+bnrepro-report, bnrepro-plan and bnrepro-ensemble write the same numbers the same way without
+pulling torch, timm or Hydra into a plotting command.
 
     percent(0.252)          -> "25.2%"     ours: one decimal
+    with_interval(0.252, 500) -> "25.2% (21.6-29.2)"  ours with its 95% Wilson interval
     paper_percent(0.2199)   -> "21.99%"    the paper's: as it prints them
     paper_steps_text(31e6)  -> "31.0e6"    paper steps as the paper writes them
 """
@@ -12,6 +13,7 @@ into a plotting command.
 from __future__ import annotations
 
 from bnrepro.paper import FIGURE4, NAMES, PAPER_DIVERGED
+from bnrepro.stats import fraction_interval
 
 # The note under a Figure 4 table whose members were picked on the val set it reports
 # (member_checkpoint=best): one markdown line each, a blank line last.
@@ -27,6 +29,15 @@ SELECTED_ON_VAL = (
 def percent(x: float | None) -> str:
     """One of our fractions as a percentage with one decimal, "-" for none."""
     return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def with_interval(fraction: float, n: int | None) -> str:
+    """A fraction of n images (an accuracy or an error) with its 95% Wilson interval, in
+    percent: "25.2% (21.6-29.2)"; a file that does not say n gets no made-up interval."""
+    if not n:
+        return f"{percent(fraction)} (interval unknown: no image count)"
+    low, high = fraction_interval(fraction, n)
+    return f"{percent(fraction)} ({100 * low:.1f}-{100 * high:.1f})"
 
 
 def paper_percent(x: float | None) -> str:
@@ -100,34 +111,80 @@ def _mean_sd(row: dict, key: str) -> str:
 
 
 def figure4_markdown(rows: list[dict]) -> str:
-    """The Figure 4 table: our errors (results.json rows) beside the paper's (docs/paper.md
-    section 4) where the paper has the same number of crops and models, and each member's
-    section 4.2.3 changes."""
+    """The Figure 4 table: our errors (results.json rows) with their 95% Wilson intervals, the
+    paper's beside them only for ImageNet rows (docs/paper.md section 4; same crops and models),
+    and each member's section 4.2.3 changes."""
+    imagenet = any(row.get("data") == "imagenet" for row in rows)
+    paper_head = " paper top-1 | paper top-5 |" if imagenet else ""
     lines = [
-        "| model | resolution | crops | models | top-1 error | top-5 error | paper top-1 | paper top-5 | changes |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | BN statistics | resolution | crops | models | top-1 error (95% CI) "
+        f"| top-5 error (95% CI) |{paper_head} changes |",
+        "|---" * (7 + 2 * imagenet + 1) + "|",
     ]
     for row in rows:
         paper = FIGURE4.get((row["crops"], row["models"]), (None, None))
+        if row.get("data") != "imagenet":
+            paper = (None, None)  # the paper's numbers are ImageNet's: nothing to compare with
+        paper_cells = (
+            f" {paper_percent(paper[0])} | {paper_percent(paper[1])} |" if imagenet else ""
+        )
         lines.append(
-            f"| {row['model']} | {row['resolution']} | {row['crops']} | {row['models']} "
-            f"| {percent(row['top1_error'])} | {percent(row['top5_error'])} "
-            f"| {paper_percent(paper[0])} | {paper_percent(paper[1])} | {row.get('changes', '-')} |"
+            f"| {row['model']} | {row.get('bn_stats', '-')} | {row['resolution']} | {row['crops']} "
+            f"| {row['models']} | {with_interval(row['top1_error'], row.get('images'))} "
+            f"| {with_interval(row['top5_error'], row.get('images'))} |{paper_cells} "
+            f"{row.get('changes', '-')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+VERDICT = {"A": "A better", "B": "B better", "neither": "no significant difference"}
+
+
+def paired_markdown(comparisons: list[dict]) -> str:
+    """The paired tests of results.json's `comparisons`: A against B on the same images,
+    McNemar's exact test (bnrepro/stats.py), each at 5%, not corrected for their number."""
+    lines = [
+        "| A | B | metric | only A right | only B right | p (McNemar, exact) | at 5% |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in comparisons:
+        lines.append(
+            f"| {c['a']} | {c['b']} | {c['metric']} | {c['a_only']} | {c['b_only']} "
+            f"| {c['p_value']:.3g} | {VERDICT[c['better']]} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def ensemble_markdown(results: dict) -> str:
     """bnrepro-ensemble's results.md from its results.json dict: the Figure 4 table, the
-    selection note where members were picked on the val set, the members and the provenance."""
+    selection note where members were picked on the val set, the paired tests, the members and
+    the provenance."""
+    data = results.get("data") or results["config"]["data"]["name"]  # older files: the config's
+    imagenet = data == "imagenet"
+    paper_words = (
+        "the paper's are its Figure 4 (ImageNet, 50,000 images); rows without a paper number have "
+        "no counterpart there."
+        if imagenet
+        else f"the paper's Figure 4 (ImageNet) is not shown beside {data} data."
+    )
     lines = [
         f"# Ensemble evaluation: {results['crops']} crops, {results['images']} images",
         "",
-        "Errors are fractions of the val set shown as %; the paper's are its Figure 4 (ImageNet,",
-        "50,000 images); rows without a paper number have no counterpart there.",
+        "Errors are fractions of the val set shown as %, with their 95% Wilson interval; "
+        + paper_words,
+        "BN statistics: `moving` = BN's moving averages, `population` = Algorithm 2's (section "
+        "3.1), the paper's inference.",
         "",
         figure4_markdown(results["rows"]),
         *(SELECTED_ON_VAL if results["selected_on_val"] else ()),
+    ]
+    if results.get("comparisons"):
+        lines += [
+            "Paired tests on the same images (A better / B better only where the test says so):",
+            "",
+            paired_markdown(results["comparisons"]),
+        ]
+    lines += [
         "Members:",
         "",
         *(
