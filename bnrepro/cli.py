@@ -21,7 +21,9 @@ failure report (torchrun itself exits 1 for any failed rank: it does not pass a 
 Nothing left behind: the run folder of a Hydra command (or a -m sweep's folder) is made by
 `OutputFolders` just before Hydra would make it, remembering which folders it made; a refused
 start takes them back while they are still empty, and Hydra's multirun.yaml with a sweep
-folder none of whose jobs was accepted.
+folder none of whose jobs was accepted. Also on the SIGTERM with which torchrun stops the other
+ranks when one refuses: until the run's own handler takes over, SIGTERM ends the command as an
+exception, so its folders are taken back too.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -92,19 +95,43 @@ class OutputFolders(Callback):
     run folder (a -m sweep: its folder) just before Hydra would, so that one that cannot be made
     is one line, and remembers which folders it made (`_MADE`) for `take_back`."""
 
-    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+    def on_run_start(self, config: DictConfig, config_name: str | None = None, **kwargs) -> None:
+        # Checked here too, before any folder: under torchrun a rank that refused in `job` and
+        # took its folder back races the others, whose Hydra makes it again.
+        _check(config, config_name)
         _make(config.hydra.run.dir, "run folder")
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         _make(config.hydra.sweep.dir, "sweep folder")
 
 
+def _terminated(signum: int, frame: object) -> None:
+    # SIGTERM before the run has its own handler (distributed.Preemption): torchrun sends it to
+    # the other ranks when one refuses to start; as an exception it still lets run_hydra_app
+    # take back the folder this rank made (Python's default would end the process on the spot).
+    raise SystemExit(128 + signum)
+
+
 class _Unmade(BaseException):
-    """A folder OutputFolders could not make (its CommandError in args[0]), carried past Hydra's
-    callback runner, which turns any Exception into a warning."""
+    """A folder OutputFolders could not or would not make (its CommandError in args[0]), carried
+    past Hydra's callback runner, which turns any Exception into a warning."""
+
+
+def _check(config: DictConfig, config_name: str | None) -> None:
+    from omegaconf import OmegaConf
+
+    from bnrepro.schema import SCHEMAS, check
+
+    if config_name in SCHEMAS:
+        try:
+            check(OmegaConf.masked_copy(config, [k for k in config if k != "hydra"]),
+                  SCHEMAS[config_name])  # fmt: skip
+        except CommandError as e:
+            raise _Unmade(e) from None
 
 
 def _make(folder: str, what: str) -> None:
+    signal.signal(signal.SIGTERM, _terminated)  # restored by run_hydra_app
     try:
         _MADE.extend(make_folders(folder, what))
     except CommandError as e:
@@ -148,6 +175,7 @@ def run_hydra_app(
     # Hydra leaves its last job's config behind; a config composed later in this process (a
     # test's) must not take its run name from it (${sweep_tag:} reads it).
     hydra_config = HydraConfig.instance().cfg
+    sigterm = signal.getsignal(signal.SIGTERM)
     try:
         with command_errors(program):
             try:
@@ -166,6 +194,7 @@ def run_hydra_app(
               f"`{program} --cfg job` prints the config", file=sys.stderr, flush=True)  # fmt: skip
         raise SystemExit(EXIT_USER_ERROR) from None
     finally:
+        signal.signal(signal.SIGTERM, sigterm)
         HydraConfig.instance().cfg = hydra_config
         if saved is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)

@@ -101,8 +101,12 @@ def sweep(overrides: list[str]) -> list[list[str]]:
     brackets as Hydra parses them."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
 
-    parsed = OverridesParser.create().parse_overrides(overrides)
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException as e:  # `oops`, `a=(`: the user's line, not a bug
+        raise ConfigError(one_line(e)) from e
     (batch,) = BasicSweeper.split_arguments(parsed, max_batch_size=None)
     return batch
 

@@ -229,7 +229,8 @@ def test_plan_warns_a_bn_free_network_above_the_papers_divergence_lr(
     "args, message",
     [(["plan.gpu=2"], "plan.gpu is not a config key"),
      (["experiment=nope"], "experiment=nope is not an option"), (["--bogus"], "--bogus"),
-     (["plan.gpus=0"], "plan.gpus takes one of auto or an integer >= 1")],
+     (["plan.gpus=0"], "plan.gpus takes one of auto or an integer >= 1"),
+     (["-m", "experiment=inception,bn_x5", "$PILOT"], "Error parsing override '$PILOT'")],
 )  # fmt: skip
 def test_bad_input_is_one_line(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

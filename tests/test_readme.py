@@ -26,17 +26,23 @@ TOO_COSTLY = {
     "bnrepro-train -m experiment=bn_x30_ensemble": "six CPU-scale runs",
     "bnrepro-ensemble": "needs trained members or the Caffe weights (tests/test_ensemble.py)",
     "bnrepro-convert": "needs the Caffe weights file (tests/test_weights.py converts a stand-in)",
+    "bnrepro-train experiment=$e": "the pilot: ImageNet on a GPU (its plan runs here)",
+    "bnrepro-report outputs/pilot": "needs the pilot's runs (tests/test_report.py draws others)",
 }  # fmt: skip
 
 
 def readme_commands() -> list[str]:
     """The bnrepro-* commands of the README: each line of its bash blocks (continuations joined;
-    `.venv/bin/` and a `&&` chain's set-up dropped) and each inline code span that is one."""
+    `.venv/bin/` and a `&&` chain's set-up dropped; a block's own `NAME="..."` variables
+    expanded) and each inline code span that is one."""
     text = (REPO / "README.md").read_text()
     found = []
     for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        variables = dict(re.findall(r'^([A-Z_]+)="([^"]*)"$', block, flags=re.M))
         for line in re.sub(r"\\\n\s*", "", block).splitlines():
             line = line.split(" #")[0].strip()
+            for name, value in variables.items():
+                line = line.replace(f"${name}", value)
             for part in line.split("&&"):
                 part = part.strip().removeprefix(".venv/bin/")
                 if part.startswith("bnrepro-"):

@@ -231,7 +231,9 @@ def test_sbatch_training_job_leaves_checkpoint_and_metrics(tmp_path, job_env):
     ]
     assert (run_dir / "checkpoints/best.pt").exists()
     assert_one_curve(run_dir, max_images=64, global_batch=BATCH)
-    assert "val/top1" in metrics(run_dir)[-1]
+    final = [row for row in metrics(run_dir) if row["images_seen"] == 64]
+    # the last evaluation, then Algorithm 2's (trainer.pop_stats_batches=auto: a BN network)
+    assert "val/top1" in final[-2] and "val_popstats/top1" in final[-1]
 
 
 @on_cluster
