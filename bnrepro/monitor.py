@@ -50,9 +50,10 @@ class Monitor:
 
     def _hook(self, name: str):
         def record(module: nn.Module, inputs: tuple[torch.Tensor]) -> None:
-            if self.armed:  # before an inplace ReLU overwrites its input
+            if self.armed:
                 x = inputs[0].detach().float().flatten()
-                self.values[name] = x[:: max(1, x.numel() // MAX_VALUES)]
+                # a copy: `x` is a view of the input, which an inplace ReLU then overwrites
+                self.values[name] = x[:: max(1, x.numel() // MAX_VALUES)].clone()
 
         return record
 

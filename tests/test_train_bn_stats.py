@@ -47,6 +47,21 @@ def test_monitor_records_percentiles_of_nonlinearity_inputs():
         Monitor(model, ["blocks.9z"], every_images=100)
 
 
+def test_monitor_records_the_input_of_an_inplace_relu():
+    """The network's ReLUs are inplace: the percentiles are of what goes in (half of it below 0
+    here), not of what the ReLU leaves in the same memory (nothing below 0)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 1000), nn.ReLU(inplace=True))
+    monitor = Monitor(model, ["1"], every_images=100)
+    assert monitor.arm(images_seen=100)
+    x = torch.randn(4, 10)
+    model(x)
+    values = monitor.collect()
+    q = torch.quantile(model[0](x).detach().flatten(), torch.tensor([0.15, 0.5, 0.85])).tolist()
+    assert values["monitor/1/p15"] < 0
+    assert [values[f"monitor/1/p{p}"] for p in (15, 50, 85)] == pytest.approx(q)
+
+
 def test_run_with_population_statistics_and_monitor(tiny_overrides, tmp_path, capsys):
     layer = "blocks.5b.branch1x1"
     overrides = [*tiny_overrides, "trainer.pop_stats_batches=2",
