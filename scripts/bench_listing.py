@@ -19,6 +19,7 @@ more: its metadata server is asked once instead of once per rank).
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import statistics
@@ -28,22 +29,28 @@ import tempfile
 import time
 from pathlib import Path
 
+from PIL import Image
+
 MODES = ("every rank scans", "rank 0 shares")
 
 
 def make_tree(root: Path, classes: int, per_class: int) -> int:
     """The tree (kept if it is already there with these counts); its number of files."""
-    stamp = root / f".bench_listing_{classes}x{per_class}"
+    stamp = root / f".bench_listing_{classes}x{per_class}_jpeg"
     total = classes * (per_class + 10)
     if stamp.exists():
         return total
+    # Every file one real 8x8 JPEG: the listing spot-checks that its first files decode
+    # (datasets.find_imagenet_once), so bytes that are no image would be refused.
+    image = io.BytesIO()
+    Image.new("RGB", (8, 8), (120, 60, 30)).save(image, format="JPEG")
     for c in range(classes):
         wnid = f"n{c:08d}"
         for split, count in (("train", per_class), ("val", 10)):
             folder = root / split / wnid
             folder.mkdir(parents=True, exist_ok=True)
             for k in range(count):
-                (folder / f"{wnid}_{k}.JPEG").write_bytes(b"\xff\xd8")
+                (folder / f"{wnid}_{k}.JPEG").write_bytes(image.getvalue())
     stamp.touch()
     return total
 

@@ -97,6 +97,10 @@ class InMemoryLoader:
     def __len__(self) -> int:
         return len(self.batches) - self.start
 
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self.batches)
+
 
 def loop_rate(cfg, steps: int) -> float:
     """train() for 3 + steps steps; the rate of the logged windows after the first (warm-up)."""
@@ -104,6 +108,7 @@ def loop_rate(cfg, steps: int) -> float:
     with tempfile.TemporaryDirectory() as run_dir:
         cfg.trainer.max_images = (steps + 3) * batch
         cfg.trainer.log_every_images = batch
+        cfg.trainer.pop_stats_batches = 0  # Algorithm 2 after the last step: not the loop's rate
         T.train(cfg, run_dir=run_dir)
         with open(f"{run_dir}/metrics.jsonl") as f:
             rows = [json.loads(line) for line in f]
