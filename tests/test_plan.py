@@ -157,7 +157,8 @@ def test_cost_is_the_slower_of_the_gpu_and_its_input_pipeline_by_hand(cpus):
 
 
 def test_few_cpus_per_gpu_say_the_pipeline_bounds_the_run(capsys):
-    bnrepro_plan(["experiment=bn_x30", *IMAGENET, "cluster.cpus_per_task=2"])
+    bnrepro_plan(["experiment=bn_x30", *IMAGENET, "cluster.cpus_per_task=2",
+                  "plan.pipeline_images_per_s_per_core=960"])  # fmt: skip
     out = capsys.readouterr().out
     assert "bounded by       the input pipeline: 1 worker core per GPU x 960 images/s = 960 " \
         "training images/s fed; the GPU computes 8,200" in out  # fmt: skip
