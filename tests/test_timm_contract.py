@@ -239,14 +239,21 @@ def test_fx_forward_equals_the_module():
     assert torch.equal(out, expected)
 
 
-def test_fx_backward_reaches_every_parameter():
-    """timm test_model_backward_fx (num_classes=42, batch 2, train mode)."""
-    model = timm.create_model(NAME, num_classes=42, **SMALL).train()
+def _fx_forward_backward(model, side: int):
+    """timm's FX backward check on a 42-class model: its FX graph, a batch of 2 at side x side,
+    a finite (2, 42) output, a gradient for every parameter. Returns the traced model."""
     fx = _fx_model(model)
-    out = _only(fx(torch.randn(2, 3, 64, 64)))
+    out = _only(fx(torch.randn(2, 3, side, side)))
     out.mean().backward()
     assert out.shape == (2, 42) and not out.isnan().any()
     assert_every_parameter_has_a_gradient(fx)
+    return fx
+
+
+def test_fx_backward_reaches_every_parameter():
+    """timm test_model_backward_fx (num_classes=42, batch 2, train mode)."""
+    model = timm.create_model(NAME, num_classes=42, **SMALL).train()
+    fx = _fx_forward_backward(model, side=64)
     assert sum(p.grad.numel() for p in fx.parameters()) == n_params(model)
 
 
@@ -451,11 +458,7 @@ def test_per_activation_bn_keeps_the_contract():
     and backward, FX (its shape check is a leaf: timm's notrace registry), features_only,
     forward_intermediates, grad checkpointing."""
     model = timm.create_model(NAME, num_classes=42, **PER_ACTIVATION).train()
-    fx = _fx_model(model)
-    out = _only(fx(torch.randn(2, 3, 96, 96)))
-    out.mean().backward()
-    assert out.shape == (2, 42) and not out.isnan().any()
-    assert_every_parameter_has_a_gradient(fx)
+    _fx_forward_backward(model, side=96)
     model.eval()
     x = torch.randn(1, 3, 96, 96)
     with torch.inference_mode():
